@@ -1,0 +1,43 @@
+# cellfarm: `make demo` runs the loop on embedded defaults, `make test` runs lint, types and tests.
+# Both create the virtual environment when it is missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SHARED ?= $(abspath ../shared/data)
+export CELLFARM_SHARED_DATA ?= $(SHARED)
+
+.PHONY: setup demo test lint typecheck pytest ui bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
+	# torch is installed first and pinned: its CPU build is the one found locally (no CUDA download).
+	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/cellfarm demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest
+
+ui: setup
+	@echo "The Dagster UI (cellfarm ui) arrives with the orchestration issue; nothing to serve yet." >&2; exit 2
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .cellfarm .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""The ``cellfarm`` command line: one entry point for every job (see DESIGN.md for the contract)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow as pa
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import lake
+from cellfarm._progress import RichProgress
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+ingest_app = typer.Typer(no_args_is_help=True, help="Ingest atlases, HPA tables and images into the lake.")
+app.add_typer(ingest_app, name="ingest")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    lake_uri: str | None = None
+
+    def lake(self, **kwargs: Any) -> lake.Lake:
+        return lake.Lake.open(self.lake_uri, **kwargs)
+
+
+state = _State()
+
+
+@app.callback()
+def _global(
+    lake_uri: Annotated[
+        str | None,
+        typer.Option("--lake", envvar=lake.ENV_LAKE, help=f"Lake root URI [default: {lake.DEFAULT_LAKE}]"),
+    ] = None,
+) -> None:
+    state.lake_uri = lake_uri
+
+
+def _report(result: object) -> None:
+    rows = asdict(result)  # type: ignore[call-overload]
+    status = rows.pop("status")
+    err.print(f"[bold green]{status}[/]: " + ", ".join(f"{k}={v}" for k, v in rows.items() if v is not None))
+
+
+@ingest_app.command("atlas")
+def ingest_atlas(
+    source: Annotated[str, typer.Argument(help="h5ad path or URL (CELLxGENE, HCA, Perturb-seq)")],
+    name: Annotated[str | None, typer.Option(help="Dataset name [default: the file name]")] = None,
+    organism: Annotated[str, typer.Option(help="Census experiment, e.g. homo_sapiens")] = "homo_sapiens",
+    gene_reference: Annotated[
+        str | None,
+        typer.Option(envvar=lake.ENV_GENE_REFERENCE, help="Gene list (GENCODE CSV) to map symbols to Ensembl"),
+    ] = None,
+) -> None:
+    """Validate an h5ad and append it to the SOMA census and the cells/genes tables."""
+    target = state.lake(gene_reference=gene_reference)
+    with RichProgress(err) as progress:
+        result = lake.ingest_atlas(target, source, name=name, organism=organism, progress=progress)
+    _report(result)
+
+
+@ingest_app.command("hpa")
+def ingest_hpa(
+    source: Annotated[str, typer.Argument(help="HPA subcellular_location.tsv path or URL")],
+) -> None:
+    """Ingest the Human Protein Atlas subcellular locations into hpa_subcellular."""
+    target = state.lake()
+    with RichProgress(err) as progress:
+        result = lake.ingest_hpa(target, source, progress=progress)
+    _report(result)
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def print_table(result: pa.Table, fmt: Format = Format.table) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(result.to_pylist(), default=str) + "\n")
+    elif fmt is Format.csv:
+        import pyarrow.csv as pacsv
+
+        sink = pa.BufferOutputStream()
+        pacsv.write_csv(result, sink)
+        sys.stdout.write(sink.getvalue().to_pybytes().decode())
+    else:
+        table = Table(*result.column_names, show_lines=False)
+        for row in result.to_pylist():
+            table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+        out.print(table)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over every lake table, e.g. 'select * from datasets'")],
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format")] = Format.table,
+) -> None:
+    """Run DuckDB SQL over every lake table."""
+    print_table(lake.query(state.lake(), query), format)
+
+
+@app.command()
+def catalog(path: Annotated[Path, typer.Argument(help="DuckDB database file to write")]) -> None:
+    """Write a DuckDB database of views over the lake, for the DuckDB CLI (`duckdb PATH`)."""
+    written = lake.write_catalog(state.lake(), path)
+    err.print(f"wrote {written}: open it with `duckdb {written}`")
+
+
+@app.command()
+def demo(
+    data: Annotated[
+        Path | None, typer.Option(help="Folder of the shared data [default: ../shared/data when present]")
+    ] = None,
+) -> None:
+    """Run the whole loop on embedded defaults (for now: the ingest part)."""
+    from cellfarm._demo import run_demo
+
+    run_demo(state.lake_uri, data=data, console=err, print_table=print_table)
+
+
+def main() -> None:
+    """Console-script entry point: lake errors print one line and exit 1, never a traceback."""
+    try:
+        app()
+    except lake.LakeError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        raise SystemExit(130) from None

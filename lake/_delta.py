@@ -1,0 +1,218 @@
+"""Delta tables through deltalake: create, append, merge/upsert, time travel, optimize and vacuum.
+
+Functions take the table URI first and options as keywords, like ``deltalake`` itself. Writes retry on a
+commit conflict so that several writers (N microscopes, two ingests) never lose a commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.exceptions import TableNotFoundError as _DeltaTableNotFound
+
+from lake._errors import LakeError, SchemaMismatchError, TableNotFoundError
+from lake._schemas import TableSpec
+
+__all__ = [
+    "append",
+    "conform",
+    "create",
+    "delete",
+    "exists",
+    "merge",
+    "open_table",
+    "optimize",
+    "read",
+    "vacuum",
+    "version",
+]
+
+T = TypeVar("T")
+_RETRIES = 20
+
+
+def _retry(fn: Callable[[], T], what: str) -> T:
+    """Run a commit, retrying with backoff when another writer committed first."""
+    for attempt in range(_RETRIES):
+        try:
+            return fn()
+        except CommitFailedError:
+            time.sleep(min(0.02 * 2**attempt, 1.0))
+    raise LakeError(f"{what}: gave up after {_RETRIES} commit conflicts")
+
+
+def exists(uri: str, *, storage_options: dict[str, str] | None = None) -> bool:
+    return DeltaTable.is_deltatable(uri, storage_options=storage_options)
+
+
+def create(uri: str, spec: TableSpec, *, storage_options: dict[str, str] | None = None) -> DeltaTable:
+    """Create the table with its versioned schema, or open it if it exists (checking the version)."""
+    if not exists(uri, storage_options=storage_options):
+        try:
+            DeltaTable.create(
+                uri,
+                spec.schema,
+                mode="ignore",  # a concurrent creator may win; both end with the same table
+                partition_by=list(spec.partition_by) or None,
+                name=spec.name,
+                description=spec.description,
+                storage_options=storage_options,
+            )
+        except (OSError, DeltaError) as e:
+            raise LakeError(f"cannot create table {spec.name} at {uri}: {e}") from e
+    return open_table(uri, spec, storage_options=storage_options)
+
+
+def open_table(uri: str, spec: TableSpec | None = None, *, storage_options: dict[str, str] | None = None) -> DeltaTable:
+    try:
+        dt = DeltaTable(uri, storage_options=storage_options)
+    except _DeltaTableNotFound:
+        name = spec.name if spec else uri
+        raise TableNotFoundError(f"table {name} does not exist yet at {uri}") from None
+    if spec is not None:
+        found = TableSpec.parse_version(dt.metadata().description)
+        if found != spec.version:
+            raise SchemaMismatchError(
+                f"table {spec.name} at {uri} has schema version {found}, this cellfarm expects {spec.version}"
+            )
+    return dt
+
+
+def conform(data: pa.Table | Sequence[dict[str, Any]], spec: TableSpec) -> pa.Table:
+    """Cast rows to the table's schema: missing nullable columns become nulls, extra columns are an error."""
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pylist(list(data))
+    extra = set(table.column_names) - set(spec.schema.names)
+    if extra:
+        raise SchemaMismatchError(f"{spec.name}: unknown column(s) {', '.join(sorted(extra))}")
+    cols = []
+    for f in spec.schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            if not f.nullable and col.null_count:
+                raise SchemaMismatchError(f"{spec.name}.{f.name} may not be null")
+        elif f.nullable:
+            col = pa.nulls(table.num_rows, f.type)
+        else:
+            raise SchemaMismatchError(f"{spec.name}: missing required column {f.name}")
+        try:
+            cols.append(col.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise SchemaMismatchError(f"{spec.name}.{f.name}: cannot cast {col.type} to {f.type}: {e}") from e
+    return pa.Table.from_arrays(cols, schema=spec.schema)
+
+
+def append(
+    uri: str,
+    data: pa.Table | Sequence[dict[str, Any]],
+    *,
+    spec: TableSpec,
+    storage_options: dict[str, str] | None = None,
+) -> int:
+    """Append rows (no key check: use :func:`merge` for idempotent inserts). Returns the new version."""
+    table = conform(data, spec)
+
+    def _commit() -> int:
+        write_deltalake(uri, table, mode="append", storage_options=storage_options)
+        return version(uri, storage_options=storage_options)
+
+    return _retry(_commit, f"append to {spec.name}")
+
+
+def merge(
+    uri: str,
+    data: pa.Table | Sequence[dict[str, Any]],
+    *,
+    spec: TableSpec,
+    mode: Literal["insert", "upsert"] = "insert",
+    keys: Sequence[str] | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Merge on the key columns: ``insert`` adds only rows whose key is new (idempotent append),
+    ``upsert`` also updates rows whose key exists. Returns deltalake's merge metrics."""
+    table = conform(data, spec)
+    on = list(keys or spec.keys)
+    if not on:
+        raise ValueError(f"{spec.name} has no key to merge on")
+    predicate = " AND ".join(f"t.{k} = s.{k}" for k in on)
+
+    def _commit() -> dict[str, Any]:
+        dt = open_table(uri, spec, storage_options=storage_options)
+        m = dt.merge(table, predicate=predicate, source_alias="s", target_alias="t")
+        if mode == "upsert":
+            m = m.when_matched_update_all()
+        metrics: dict[str, Any] = m.when_not_matched_insert_all().execute()
+        return metrics
+
+    return _retry(_commit, f"merge into {spec.name}")
+
+
+def delete(
+    uri: str, predicate: str, *, spec: TableSpec, storage_options: dict[str, str] | None = None
+) -> dict[str, Any]:
+    def _commit() -> dict[str, Any]:
+        out: dict[str, Any] = open_table(uri, spec, storage_options=storage_options).delete(predicate)
+        return out
+
+    return _retry(_commit, f"delete from {spec.name}")
+
+
+def read(
+    uri: str,
+    *,
+    version: int | None = None,
+    as_of: datetime | None = None,
+    columns: Sequence[str] | None = None,
+    filter: Any = None,
+    storage_options: dict[str, str] | None = None,
+) -> pa.Table:
+    """Read a table, optionally as of a version or a timestamp (time travel)."""
+    try:
+        dt = DeltaTable(uri, version=version, storage_options=storage_options)
+    except _DeltaTableNotFound:
+        raise TableNotFoundError(f"table does not exist yet at {uri}") from None
+    if as_of is not None:
+        dt.load_as_version(as_of)
+    ds = dt.to_pyarrow_dataset()
+    return ds.to_table(columns=list(columns) if columns else None, filter=filter)
+
+
+def version(uri: str, *, storage_options: dict[str, str] | None = None) -> int:
+    v = DeltaTable(uri, storage_options=storage_options).version()
+    return int(v)
+
+
+def optimize(
+    uri: str,
+    *,
+    spec: TableSpec,
+    target_size: int | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Compact small files (the micro-batches of streaming writers) into larger ones."""
+
+    def _commit() -> dict[str, Any]:
+        dt = open_table(uri, spec, storage_options=storage_options)
+        out: dict[str, Any] = dt.optimize.compact(target_size=target_size)
+        return out
+
+    return _retry(_commit, f"optimize {spec.name}")
+
+
+def vacuum(
+    uri: str,
+    *,
+    spec: TableSpec,
+    retention_hours: int = 168,
+    dry_run: bool = False,
+    storage_options: dict[str, str] | None = None,
+) -> list[str]:
+    """Delete files no version within ``retention_hours`` needs. Returns the files (to be) removed."""
+    dt = open_table(uri, spec, storage_options=storage_options)
+    removed: list[str] = dt.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
+    return removed

@@ -1,0 +1,85 @@
+"""Sources given as a path or a URL: downloaded into the cache with a progress callback, hashed once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lake._errors import InvalidInputError
+from lake._progress import Progress, null_progress
+
+__all__ = ["Source", "resolve_source", "sha256_file"]
+
+_BLOCK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source file on local disk, with the URI the user gave and its content hash."""
+
+    path: Path
+    uri: str
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path, *, progress: Progress = null_progress) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    done = 0
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+            done += len(block)
+            progress("hash", done, size)
+    return h.hexdigest()
+
+
+def _download(url: str, cache_dir: Path, *, progress: Progress) -> Path:
+    name = Path(urlparse(url).path).name or "download"
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    dest = cache_dir / "downloads" / key / name
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + f".part-{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, part.open("wb") as out:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            done = 0
+            while block := r.read(_BLOCK):
+                out.write(block)
+                done += len(block)
+                progress("download", done, total)
+        if total is not None and done != total:
+            raise InvalidInputError(f"download of {url} stopped at {done} of {total} bytes")
+        os.replace(part, dest)  # only a complete download ever has the cache name
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot download {url}: {getattr(e, 'reason', None) or e}") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return dest
+
+
+def resolve_source(source: str | os.PathLike[str], *, cache_dir: Path, progress: Progress = null_progress) -> Source:
+    """A local path as is; ``http(s)://`` downloaded into ``cache_dir``; ``file://`` as a path."""
+    text = str(source)
+    scheme = urlparse(text).scheme
+    if scheme in ("http", "https"):
+        path, uri = _download(text, cache_dir, progress=progress), text
+    elif scheme == "file":
+        path = Path(urlparse(text).path)
+        uri = text
+    elif len(scheme) > 1:
+        raise InvalidInputError(f"unsupported source URL scheme {scheme!r} in {text}")
+    else:
+        path = Path(text).expanduser().resolve()
+        uri = str(path)
+    if not path.is_file():
+        raise InvalidInputError(f"no such file: {text}")
+    return Source(path=path, uri=uri, sha256=sha256_file(path, progress=progress), size=path.stat().st_size)

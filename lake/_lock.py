@@ -1,0 +1,39 @@
+"""A machine-local writer lock, so that crash recovery never removes another live writer's work.
+
+``flock`` is released by the kernel when its holder dies (even by SIGKILL), so a killed ingest never leaves
+a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lake._errors import LakeBusyError
+
+__all__ = ["writer_lock"]
+
+
+@contextmanager
+def writer_lock(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LakeBusyError(f"another writer holds {path} for over {timeout_s:.0f} s") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
