@@ -60,11 +60,14 @@ def ingest_atlas(
         str | None,
         typer.Option(envvar=lake.ENV_GENE_REFERENCE, help="Gene list (GENCODE CSV) to map symbols to Ensembl"),
     ] = None,
+    chunk_nnz: Annotated[int, typer.Option(help="Stored values per write (memory vs. fragments)", hidden=True)] = (
+        lake.DEFAULT_CHUNK_NNZ
+    ),
 ) -> None:
     """Validate an h5ad and append it to the SOMA census and the cells/genes tables."""
     target = state.lake(gene_reference=gene_reference)
     with RichProgress(err) as progress:
-        result = lake.ingest_atlas(target, source, name=name, organism=organism, progress=progress)
+        result = lake.ingest_atlas(target, source, name=name, organism=organism, progress=progress, chunk_nnz=chunk_nnz)
     _report(result)
 
 

@@ -3,7 +3,7 @@
 Pure functions over a lake root; nothing here imports an orchestrator, a server or a microscope driver.
 """
 
-from lake._atlas import AtlasIngest, ingest_atlas
+from lake._atlas import DEFAULT_CHUNK_NNZ, AtlasIngest, ingest_atlas
 from lake._errors import (
     InvalidInputError,
     LakeBusyError,
@@ -23,6 +23,7 @@ from lake._soma import open_census, open_experiment
 from lake._sql import connect, delta_extension_path, query, write_catalog
 
 __all__ = [
+    "DEFAULT_CHUNK_NNZ",
     "DEFAULT_LAKE",
     "ENV_GENE_REFERENCE",
     "ENV_LAKE",
