@@ -18,17 +18,22 @@ _BYTES = {"hash", "download"}
 
 
 class RichProgress:
-    """Context manager; one bar per stage (hash, download, write X, commit...)."""
+    """Context manager; one bar per stage (hash, download, write X, commit...).
+
+    Bars are drawn only on a terminal, so scripts and logs get the result lines alone.
+    """
 
     def __init__(self, console: Console | None = None) -> None:
+        console = console or Console(stderr=True)
         self._bar = Progress(
             TextColumn("[bold]{task.description:<10}"),
             BarColumn(),
             TextColumn("{task.fields[amount]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console or Console(stderr=True),
+            console=console,
             transient=False,
+            disable=not console.is_terminal,
         )
         self._tasks: dict[str, TaskID] = {}
 

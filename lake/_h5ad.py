@@ -7,6 +7,7 @@ bounded memory; obs and var are small and read whole.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -156,7 +157,9 @@ class H5ad:
                 raise InvalidInputError(f"{self.path} is HDF5 but not an AnnData file (no obs/var/X)")
             if "encoding-type" not in self._f.attrs:
                 # Files written by anndata < 0.7 store obs/var as compound records; anndata reads those.
-                self._legacy = ad.read_h5ad(self.path, backed="r")
+                with warnings.catch_warnings():  # anndata's notes on moving old layouts are not the user's
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self._legacy = ad.read_h5ad(self.path, backed="r")
             self.obs = self._read_frame("obs")
             self.var = self._read_frame("var")
         except InvalidInputError:

@@ -1,0 +1,1 @@
+"""cellfarm benchmarks against named peers: `python -m bench`."""

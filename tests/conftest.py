@@ -1,0 +1,63 @@
+"""Shared fixtures: the real data beside the project, fresh lakes, and the real `cellfarm` executable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import lake
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CELLFARM_SHARED_DATA") or ROOT.parent / "shared" / "data")
+PAPALEXI = SHARED / "singlecell" / "papalexi2021_thp1_sceptre_subset.h5ad"
+PBMC = SHARED / "singlecell" / "scanpy_10x_pbmc68k_reduced.h5ad"
+CXG = SHARED / "singlecell" / "cxg_example_valid.h5ad"
+HPA = SHARED / "hpa" / "proteinatlas_subcellular_location.tsv"
+GENE_REF = SHARED / "reference" / "cxg_schema_genes_homo_sapiens.csv.gz"
+CELLFARM = Path(sys.executable).parent / "cellfarm"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found: {path} (set CELLFARM_SHARED_DATA or place shared/ beside the repo)")
+    return path
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    return tmp_path / "lake"
+
+
+@pytest.fixture
+def tmp_lake(lake_dir: Path) -> lake.Lake:
+    return lake.Lake.open(lake_dir)
+
+
+@pytest.fixture(scope="session")
+def papalexi_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lake.Lake]:
+    """One lake with the Papalexi Perturb-seq and the HPA table, shared by read-only tests."""
+    root = tmp_path_factory.mktemp("papalexi") / "lake"
+    target = lake.Lake.open(root, gene_reference=str(need(GENE_REF)))
+    lake.ingest_atlas(target, need(PAPALEXI), name="papalexi2021")
+    lake.ingest_hpa(target, need(HPA))
+    yield target
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_cli(
+    *args: str, lake_dir: Path | None = None, check: bool = False, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `cellfarm` console script, as a user would."""
+    full_env = {**os.environ, **env}
+    full_env.pop("CELLFARM_LAKE", None)
+    cmd = [str(CELLFARM)] + (["--lake", str(lake_dir)] if lake_dir else []) + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

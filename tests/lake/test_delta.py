@@ -1,0 +1,104 @@
+"""Delta tables: versioned schemas, idempotent merges, time travel, compaction, vacuum, concurrent commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+import lake
+from lake import _delta
+from lake._schemas import TABLES, TableSpec
+
+
+def _run(i: int, status: str = "running") -> dict[str, object]:
+    return {"run_id": f"run-{i}", "microscope_id": "scope-1", "status": status}
+
+
+def test_open_creates_every_table_with_its_versioned_schema(tmp_lake: lake.Lake) -> None:
+    for spec in TABLES.values():
+        dt = DeltaTable(tmp_lake.table_uri(spec.name))
+        assert TableSpec.parse_version(dt.metadata().description) == spec.version
+        assert pa.schema(dt.schema().to_arrow()).names == spec.schema.names
+        assert dt.metadata().partition_columns == list(spec.partition_by)
+
+
+def test_schema_version_mismatch_is_refused(tmp_lake: lake.Lake) -> None:
+    spec = TABLES["acquisition_runs"]
+    newer = TableSpec(spec.name, spec.version + 1, spec.schema, spec.doc, spec.keys)
+    with pytest.raises(lake.SchemaMismatchError, match="schema version 1, this cellfarm expects 2"):
+        _delta.open_table(tmp_lake.table_uri(spec.name), newer)
+
+
+def test_conform_rejects_unknown_and_missing_required_columns(tmp_lake: lake.Lake) -> None:
+    with pytest.raises(lake.SchemaMismatchError, match="unknown column"):
+        tmp_lake.append("acquisition_runs", [{**_run(1), "bogus": 1}])
+    with pytest.raises(lake.SchemaMismatchError, match="missing required column microscope_id"):
+        tmp_lake.append("acquisition_runs", [{"run_id": "r", "status": "running"}])
+    assert tmp_lake.read("acquisition_runs").num_rows == 0
+
+
+def test_merge_insert_is_idempotent_and_upsert_updates(tmp_lake: lake.Lake) -> None:
+    tmp_lake.merge("acquisition_runs", [_run(1), _run(2)])
+    m = tmp_lake.merge("acquisition_runs", [_run(1), _run(2), _run(3)])
+    assert m["num_target_rows_inserted"] == 1
+    assert tmp_lake.read("acquisition_runs").num_rows == 3
+    tmp_lake.merge("acquisition_runs", [_run(2, "completed")], mode="upsert")
+    rows = {r["run_id"]: r["status"] for r in tmp_lake.read("acquisition_runs").to_pylist()}
+    assert rows == {"run-1": "running", "run-2": "completed", "run-3": "running"}
+
+
+def test_time_travel_by_version_and_timestamp(tmp_lake: lake.Lake) -> None:
+    v1 = tmp_lake.append("acquisition_runs", [_run(1)])
+    time.sleep(0.05)
+    between = datetime.now(UTC)
+    time.sleep(0.05)
+    v2 = tmp_lake.append("acquisition_runs", [_run(2)])
+    assert v2 == v1 + 1
+    assert tmp_lake.read("acquisition_runs", version=v1).num_rows == 1
+    assert tmp_lake.read("acquisition_runs", as_of=between).num_rows == 1
+    assert tmp_lake.read("acquisition_runs").num_rows == 2
+
+
+def test_optimize_compacts_and_vacuum_removes_old_files(tmp_lake: lake.Lake) -> None:
+    for i in range(6):
+        tmp_lake.append("frames", [{"run_id": "r1", "frame_id": i, "t": i}])
+    uri = tmp_lake.table_uri("frames")
+    assert len(DeltaTable(uri).file_uris()) == 6
+    metrics = tmp_lake.optimize("frames")
+    assert metrics["numFilesRemoved"] == 6
+    assert len(DeltaTable(uri).file_uris()) == 1
+    removed = tmp_lake.vacuum("frames", retention_hours=0)
+    assert len(removed) == 6
+    assert not [p for p in removed if Path(uri, p).exists()]
+    assert sorted(tmp_lake.read("frames")["frame_id"].to_pylist()) == list(range(6))
+
+
+def test_concurrent_appends_lose_no_commit(tmp_lake: lake.Lake) -> None:
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        try:
+            for i in range(10):
+                tmp_lake.append("frames", [{"run_id": f"w{w}", "frame_id": i}])
+        except BaseException as e:  # pragma: no cover - surfaced by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    got = sorted((r["run_id"], r["frame_id"]) for r in tmp_lake.read("frames").to_pylist())
+    assert got == sorted((f"w{w}", i) for w in range(4) for i in range(10))
+
+
+def test_missing_table_is_a_lake_error(tmp_path: Path) -> None:
+    with pytest.raises(lake.TableNotFoundError):
+        _delta.read(str(tmp_path / "nope"))
