@@ -32,7 +32,7 @@ from lake._schemas import DATASET_GENES
 
 __all__ = ["AtlasIngest", "ingest_atlas"]
 
-DEFAULT_CHUNK_NNZ = 4_000_000
+DEFAULT_CHUNK_NNZ = 2_000_000  # ~60 MB of COO buffers per write
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lake._errors import InvalidInputError
@@ -29,17 +31,16 @@ def is_ensembl_id(value: str) -> bool:
     return bool(_ENSEMBL.match(value))
 
 
-def _strip_version(ids: Sequence[str]) -> list[str]:
-    return [i.split(".", 1)[0] if i.startswith("ENS") else i for i in ids]
-
-
 @dataclass(frozen=True)
 class GeneReference:
     """A gene list such as the GENCODE file of the CELLxGENE schema (no header; id, symbol, version,
-    length, biotype)."""
+    length, biotype), held as Arrow columns: ~5 MB for the 79k human genes, looked up vectorized."""
 
-    table: pd.DataFrame  # index: Ensembl id (no version); columns symbol, feature_length, biotype
-    by_symbol: dict[str, str]
+    ensembl_id: pa.Array  # no version suffix; protein-coding genes first so that ambiguous symbols prefer them
+    symbol: pa.Array
+    symbol_upper: pa.Array
+    feature_length: pa.Array
+    biotype: pa.Array
     source: str
 
     @classmethod
@@ -48,32 +49,46 @@ class GeneReference:
         try:
             t = pacsv.read_csv(
                 src.path,
-                read_options=pacsv.ReadOptions(autogenerate_column_names=True),
+                read_options=pacsv.ReadOptions(autogenerate_column_names=True, use_threads=False),
                 convert_options=pacsv.ConvertOptions(column_types={"f0": pa.string(), "f1": pa.string()}),
-            ).to_pandas()
+            )
         except (pa.ArrowInvalid, OSError) as e:
             raise InvalidInputError(f"gene reference {source} is not a readable CSV: {e}") from None
-        if t.shape[1] < 2 or not t.iloc[:, 0].astype(str).str.startswith("ENS").mean() > 0.9:
+        ids = t.column(0).combine_chunks() if t.num_columns else pa.array([], pa.string())
+        if t.num_columns < 2 or pc.mean(pc.cast(pc.starts_with(ids, "ENS"), pa.int8())).as_py() < 0.9:
             raise InvalidInputError(f"gene reference {source}: first column must hold Ensembl gene ids")
-        ids = _strip_version(t.iloc[:, 0].astype(str).tolist())
-        table = pd.DataFrame(
+        n = t.num_rows
+        length = pc.cast(t.column(3), pa.int64(), safe=False) if t.num_columns > 3 else pa.nulls(n, pa.int64())
+        biotype = pc.cast(t.column(4), pa.string()) if t.num_columns > 4 else pa.nulls(n, pa.string())
+        table = pa.table(
             {
-                "symbol": t.iloc[:, 1].astype(str).to_numpy(),
-                "feature_length": pd.to_numeric(t.iloc[:, 3], errors="coerce") if t.shape[1] > 3 else np.nan,
-                "biotype": t.iloc[:, 4].astype(str).to_numpy() if t.shape[1] > 4 else None,
-            },
-            index=pd.Index(ids, name="ensembl_id"),
+                "ensembl_id": pc.replace_substring_regex(ids, r"\.\d+$", ""),
+                "symbol": t.column(1),
+                "feature_length": length,
+                "biotype": biotype,
+                "_rank": pc.if_else(pc.equal(biotype, "protein_coding"), 0, 1),
+                "_row": pa.array(range(n)),
+            }
+        ).sort_by([("_rank", "ascending"), ("_row", "ascending")])
+        sym = table.column("symbol").combine_chunks()
+        return cls(
+            ensembl_id=table.column("ensembl_id").combine_chunks(),
+            symbol=sym,
+            symbol_upper=pc.utf8_upper(sym),
+            feature_length=table.column("feature_length").combine_chunks(),
+            biotype=table.column("biotype").combine_chunks(),
+            source=src.uri,
         )
-        table = table[~table.index.duplicated()]
-        # An ambiguous symbol maps to its protein-coding gene when there is one, else to the first listed.
-        order = table.assign(_pc=table["biotype"].eq("protein_coding")).sort_values(
-            "_pc", ascending=False, kind="stable"
-        )
-        by_symbol: dict[str, str] = {}
-        for ens, sym in zip(order.index, order["symbol"], strict=True):
-            by_symbol.setdefault(sym, ens)
-            by_symbol.setdefault(sym.upper(), ens)
-        return cls(table=table, by_symbol=by_symbol, source=src.uri)
+
+    def lookup(self, ids: Sequence[str], *, kind: Literal["ensembl", "symbol"]) -> npt.NDArray[np.int64]:
+        """Row of each id in the reference (-1 where unknown); symbols match exactly, then case-blind."""
+        values = pa.array(ids, type=pa.string())
+        if kind == "ensembl":
+            idx = pc.index_in(pc.replace_substring_regex(values, r"\.\d+$", ""), value_set=self.ensembl_id)
+        else:
+            exact = pc.index_in(values, value_set=self.symbol)
+            idx = pc.coalesce(exact, pc.index_in(pc.utf8_upper(values), value_set=self.symbol_upper))
+        return np.asarray(idx.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -127,16 +142,13 @@ def map_var(var: pd.DataFrame, reference: GeneReference | None, *, what: str) ->
     biotypes: list[str | None] = []
     mapped: list[bool] = []
     seen: set[str] = set()
-    table = reference.table if reference is not None else None
+    rows = reference.lookup(ids, kind=kind) if reference is not None else None
     for i, raw in enumerate(ids):
         ens: str | None
-        if kind == "ensembl":
+        if rows is not None:
+            ens = reference.ensembl_id[int(rows[i])].as_py() if rows[i] >= 0 else None  # type: ignore[union-attr]
+        else:  # Ensembl ids without a reference: accepted when well-formed
             ens = raw.split(".", 1)[0] if is_ensembl_id(raw) else None
-            if ens is not None and table is not None and ens not in table.index:
-                ens = None
-        else:
-            assert reference is not None
-            ens = reference.by_symbol.get(raw) or reference.by_symbol.get(raw.upper())
         if ens is not None and ens in seen:
             ens = None  # two ids of the file name one gene: keep the second under its own id, unmapped
         if ens is None:
@@ -148,12 +160,11 @@ def map_var(var: pd.DataFrame, reference: GeneReference | None, *, what: str) ->
             continue
         seen.add(ens)
         out_ids.append(ens)
-        if table is not None:
-            row = table.loc[ens]
-            out_sym.append(str(row["symbol"]))
-            length = row["feature_length"]
-            lengths.append(int(length) if pd.notna(length) else None)
-            biotypes.append(str(row["biotype"]) if row["biotype"] is not None else None)
+        if rows is not None and reference is not None:
+            r = int(rows[i])
+            out_sym.append(reference.symbol[r].as_py())
+            lengths.append(reference.feature_length[r].as_py())
+            biotypes.append(reference.biotype[r].as_py())
         else:
             out_sym.append(symbols[i] if symbols else None)
             lengths.append(None)
