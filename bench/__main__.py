@@ -42,10 +42,16 @@ def write_report() -> None:
         "| metric | cellfarm | peer | ratio | target | met |",
         "|---|---|---|---|---|---|",
     ]
-    notes = []
+    notes = [
+        "Ratios are oriented so that higher is better for speed: cellfarm/peer for cells/s, peer/cellfarm for "
+        "query times; for peak memory (each side in its own child process) it is cellfarm/peer, lower is better. "
+        "Values are medians.",
+        "",
+    ]
     for run in read_results():
-        quick = " (--quick)" if run.get("quick") else ""
-        notes.append(f"- `{run['benchmark']}`: run {run['date']}{quick}, {run['repeats']} repeat(s).")
+        quick = " (--quick: smaller sizes)" if run.get("quick") else ""
+        reps = max((int(r["details"].get("repeats", 1)) for r in run["results"]), default=0)
+        notes.append(f"- `{run['benchmark']}`: run {run['date']}{quick}, median of {reps}.")
         for r in run["results"]:
             peer = r["details"].get("peer", "peer")
             lines.append(

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -116,10 +116,6 @@ def run_child(mode: str, *args: str) -> Measurement:
         base_rss_mib=float(out["base_peak_kib"]) / 1024,
         extra=dict(out.get("extra", {})),
     )
-
-
-def repeat(n: int, measure: Callable[[], Measurement]) -> list[Measurement]:
-    return [measure() for _ in range(n)]
 
 
 def write_results(name: str, results: list[Result], *, config: Config) -> Path:
