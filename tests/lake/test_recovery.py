@@ -6,12 +6,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import tiledbsoma
 
 import lake
 from lake.synthetic import write_perturbseq_h5ad
@@ -102,7 +100,6 @@ def test_crash_between_delta_rows_and_registry_commit(
     assert lake.query(tmp_lake, "select count(*) from cells").column(0)[0].as_py() == 500
     with lake.open_experiment(tmp_lake.settings.soma_uri, "homo_sapiens", timestamp=r.soma_timestamp) as e:
         assert e.obs.count == 500
-        assert isinstance(e, tiledbsoma.Experiment)
 
 
 def _recover_only_before(real):  # type: ignore[no-untyped-def]
@@ -131,4 +128,3 @@ def test_failed_ingest_rolls_back_in_process(tmp_path: Path, tmp_lake: lake.Lake
         lake.ingest_atlas(tmp_lake, tmp_path / "late.h5ad", chunk_nnz=50_000)
     assert tmp_lake.read("cells").num_rows == 0
     assert not Path(tmp_lake.settings.soma_uri).exists()
-    assert sys.modules["lake"] is lake
