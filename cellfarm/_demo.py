@@ -1,5 +1,6 @@
-"""``cellfarm demo``: the loop on embedded defaults. This stage ingests the atlases and prints what an
-analyst can query next; later stages (training, serving, the microscope farm) extend it."""
+"""``cellfarm demo``: the loop on embedded defaults. It ingests the atlases, runs the digital-twin microscope with
+the in-process feedback policy, and prints what an analyst can query next; later stages (training, serving)
+extend it."""
 
 from __future__ import annotations
 
@@ -29,7 +30,46 @@ QUERIES = {
         "GROUP BY ALL ORDER BY cells DESC LIMIT 8"
     ),
     "datasets": "SELECT name, kind, n_obs, n_vars, counts_source, ingested_at FROM datasets ORDER BY ingested_at",
+    "the microscope run: frames per position, and what feedback added": (
+        "SELECT f.p, count(*) AS frames, round(avg(f.mean), 1) AS mean, round(avg(f.focus_score), 4) AS focus, "
+        "(SELECT count(*) FROM decisions d JOIN frames g USING (run_id, frame_id) "
+        "WHERE d.run_id = f.run_id AND g.p = f.p AND d.action = 'revisit') AS revisits "
+        "FROM frames f JOIN acquisition_runs r USING (run_id) WHERE r.microscope_id = 'twin-demo' "
+        "GROUP BY ALL ORDER BY f.p"
+    ),
+    "the twin's ground truth: divisions and whether a frame caught them": (
+        "SELECT run_id, count(*) AS divisions, count(*) FILTER (WHERE imaged) AS imaged "
+        "FROM twin_events WHERE kind = 'division' GROUP BY run_id"
+    ),
 }
+
+
+def _acquire(target: lake.Lake, console: Console) -> None:
+    """A short time lapse on the digital twin, with the mitosis detector revisiting fields that divide."""
+    from acquisition import Agent, MitosisPolicy, default_plan, open_twin
+    from acquisition.twin import TwinConfig
+
+    plan = default_plan(loops=10, interval_s=1.0)
+    total = sum(1 for _ in plan)
+    scope = open_twin(TwinConfig(seed=7, time_scale=600))
+    try:
+        with RichProgress(console) as progress:
+            agent = Agent(
+                target,
+                scope,
+                microscope_id="twin-demo",
+                policy=MitosisPolicy(),
+                on_frame=lambda i: progress("acquire", i + 1, total),
+            )
+            run = agent.run(plan)
+    finally:
+        scope.close()
+    twin = run.summary.get("twin", {})
+    console.print(
+        f"acquisition {run.run_id}: {run.status}, {run.n_frames} frames ({run.summary['events_injected']} time "
+        f"points added by feedback), divisions imaged {twin.get('divisions_imaged')}/{twin.get('divisions')}",
+        highlight=False,
+    )
 
 
 def find_shared_data(explicit: Path | None = None) -> Path | None:
@@ -74,6 +114,7 @@ def run_demo(
         with RichProgress(console) as progress:
             hpa = lake.ingest_hpa(target, shared / HPA, progress=progress)
         console.print(f"HPA subcellular: {hpa.status} ({hpa.n_rows:,} gene x location rows)")
+    _acquire(target, console)
     for title, sql in QUERIES.items():
         console.rule(title)
         console.print(f'[dim]cellfarm sql "{sql}"[/]', highlight=False)

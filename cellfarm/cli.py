@@ -82,6 +82,69 @@ def ingest_hpa(
     _report(result)
 
 
+@ingest_app.command("images")
+def ingest_images(
+    source: Annotated[str, typer.Argument(help="OME-TIFF (incl. Micro-Manager MMStack), OME-Zarr, or PNG/TIFF")],
+    masks: Annotated[
+        list[Path] | None, typer.Option("--masks", help="Label image(s) of the same field: one objects row per label")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name [default: the file name]")] = None,
+) -> None:
+    """Bring existing images into the image store (OME-Zarr) and the frames/objects tables."""
+    from acquisition import ingest_images as _ingest
+
+    target = state.lake()
+    with RichProgress(err) as progress:
+        result = _ingest(target, source, masks=masks or (), name=name, progress=progress)
+    rows = asdict(result)
+    skipped = rows.pop("skipped")
+    rows.pop("images", None)
+    err.print(
+        f"[bold green]{'skipped (already ingested)' if skipped else 'ingested'}[/]: "
+        + ", ".join(f"{k}={v}" for k, v in rows.items())
+    )
+
+
+class PolicyChoice(StrEnum):
+    none = "none"
+    local = "local"
+    remote = "remote"
+
+
+@app.command()
+def acquire(
+    twin: Annotated[bool, typer.Option("--twin", help="The digital-twin microscope (the default)")] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A Micro-Manager configuration (e.g. MMConfig_demo.cfg)")
+    ] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="useq-schema MDASequence as YAML or JSON")] = None,
+    microscopes: Annotated[int, typer.Option("--microscopes", "-n", help="Agents to run at once (processes)")] = 1,
+    policy: Annotated[PolicyChoice, typer.Option(help="Feedback policy")] = PolicyChoice.none,
+    policy_url: Annotated[str | None, typer.Option(help="URL of the served imaging model (--policy remote)")] = None,
+    microscope_id: Annotated[str | None, typer.Option(help="Name of the microscope [default: twin / mm]")] = None,
+    seed: Annotated[int, typer.Option(help="The twin's sample seed (agent k gets seed+k)")] = 0,
+) -> None:
+    """Run acquisition agents: frames stream into OME-Zarr and the frames table as they are taken."""
+    from acquisition import AgentSpec
+    from cellfarm._acquire import check_microscopes, run_acquire
+
+    if twin and config is not None:
+        raise lake.InvalidInputError("choose one microscope: --twin or --config, not both")
+    check_microscopes(microscopes)
+    spec = AgentSpec(
+        lake_root=state.lake().root,
+        microscope_id=microscope_id or ("mm" if config else "twin"),
+        twin=config is None,
+        config=str(config) if config else None,
+        plan=str(plan) if plan else None,
+        policy=policy.value,
+        policy_url=policy_url,
+        seed=seed,
+    )
+    if not run_acquire(spec, microscopes=microscopes, console=err):
+        raise SystemExit(1)
+
+
 class Format(StrEnum):
     table = "table"
     csv = "csv"

@@ -12,11 +12,14 @@ from lake._errors import (
     SchemaMismatchError,
     TableNotFoundError,
 )
+from lake._fetch import Source, resolve_source, sha256_file
 from lake._genes import GeneReference, is_ensembl_id, map_var
 from lake._hpa import HpaIngest, ingest_hpa
+from lake._images import ImageSpec, OmeZarrImage, chunk_exists, downsample2
 from lake._lake import Lake
+from lake._lock import is_held, liveness_lock
 from lake._progress import Progress, null_progress
-from lake._recovery import recover_lake
+from lake._recovery import ingest_transaction, recover_lake
 from lake._schemas import TABLES, TableSpec
 from lake._settings import DEFAULT_LAKE, ENV_GENE_REFERENCE, ENV_LAKE, LakeSettings
 from lake._soma import open_census, open_experiment
@@ -31,26 +34,36 @@ __all__ = [
     "AtlasIngest",
     "GeneReference",
     "HpaIngest",
+    "ImageSpec",
     "InvalidInputError",
     "Lake",
     "LakeBusyError",
     "LakeError",
     "LakeNotWritableError",
     "LakeSettings",
+    "OmeZarrImage",
     "Progress",
     "SchemaMismatchError",
+    "Source",
     "TableNotFoundError",
     "TableSpec",
+    "chunk_exists",
     "connect",
     "delta_extension_path",
+    "downsample2",
     "ingest_atlas",
     "ingest_hpa",
+    "ingest_transaction",
     "is_ensembl_id",
+    "is_held",
+    "liveness_lock",
     "map_var",
     "null_progress",
     "open_census",
     "open_experiment",
     "query",
     "recover_lake",
+    "resolve_source",
+    "sha256_file",
     "write_catalog",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lake._errors import LakeBusyError
 
-__all__ = ["writer_lock"]
+__all__ = ["is_held", "liveness_lock", "writer_lock"]
 
 
 @contextmanager
@@ -37,3 +37,35 @@ def writer_lock(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def liveness_lock(path: Path) -> Iterator[None]:
+    """Hold ``path`` for as long as this process is alive and inside the block; see :func:`is_held`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LakeBusyError(f"{path} is held by a live process") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_held(path: Path) -> bool:
+    """Whether a live process holds ``path`` (a missing file is not held): how a run's liveness is told."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

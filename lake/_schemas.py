@@ -31,6 +31,9 @@ class TableSpec:
     dataset_scoped: bool = False
     # A reference table (e.g. HPA) whose newest release replaces the older ones in SQL.
     latest_release_only: bool = False
+    # Rows belong to an acquisition run and are visible once its `acquisition_runs` row is committed (a live run
+    # registers first, so its frames stream into SQL; an import registers last, so a crash leaves nothing visible).
+    run_scoped: bool = False
 
     @property
     def description(self) -> str:
@@ -169,6 +172,7 @@ ACQUISITION_RUNS = TableSpec(
         ("policy", _STR),
         ("n_frames", pa.int64()),
         ("error", _STR),
+        ("summary", _STR),  # JSON: frames/s, commits, queue high-water mark, backpressure, policy and twin scores
     ),
 )
 
@@ -178,6 +182,7 @@ FRAMES = TableSpec(
     doc="one row per acquired image plane",
     keys=("run_id", "frame_id"),
     partition_by=("run_id",),
+    run_scoped=True,
     schema=_schema(
         ("run_id", _STR, False),
         ("frame_id", pa.int64(), False),
@@ -209,6 +214,7 @@ OBJECTS = TableSpec(
     doc="one row per segmented cell in a frame",
     keys=("run_id", "frame_id", "object_id"),
     partition_by=("run_id",),
+    run_scoped=True,
     schema=_schema(
         ("run_id", _STR, False),
         ("frame_id", pa.int64(), False),
@@ -228,6 +234,7 @@ DECISIONS = TableSpec(
     version=1,
     doc="one row per feedback action taken during an acquisition",
     keys=("run_id", "frame_id", "action"),
+    run_scoped=True,
     schema=_schema(
         ("run_id", _STR, False),
         ("frame_id", pa.int64()),
@@ -237,6 +244,31 @@ DECISIONS = TableSpec(
         ("params", _STR),  # JSON
         ("latency_ms", pa.float64()),
         ("decided_at", _TS, False),
+        # frames acquired between the frame the policy saw and the event the action took effect on
+        ("late_frames", pa.int32()),
+    ),
+)
+
+TWIN_EVENTS = TableSpec(
+    name="twin_events",
+    version=1,
+    doc="ground truth of the digital-twin microscope: divisions, arrests and deaths, to score feedback policies",
+    keys=("run_id", "kind", "cell_id"),
+    partition_by=("run_id",),
+    run_scoped=True,
+    schema=_schema(
+        ("run_id", _STR, False),
+        ("kind", _STR, False),  # division | arrest | death
+        ("cell_id", pa.int64(), False),
+        ("parent_id", pa.int64()),
+        ("sim_time_s", pa.float64()),
+        ("end_sim_time_s", pa.float64()),
+        ("at", _TS),
+        ("end_at", _TS),
+        ("x_um", pa.float64()),
+        ("y_um", pa.float64()),
+        ("dose", pa.float64()),
+        ("imaged", pa.bool_()),  # a frame of this cell's position was acquired while the event was under way
     ),
 )
 
@@ -302,6 +334,7 @@ TABLES: dict[str, TableSpec] = {
         FRAMES,
         OBJECTS,
         DECISIONS,
+        TWIN_EVENTS,
         MODELS,
         EVALUATIONS,
         PREDICTIONS,

@@ -55,6 +55,10 @@ class LakeSettings(BaseModel):
     def soma_uri(self) -> str:
         return self.uri("soma")
 
+    def image_uri(self, run_id: str, position: str) -> str:
+        """The OME-Zarr image of one run and position."""
+        return self.uri("images", run_id, f"{position}.ome.zarr")
+
     @property
     def cache_dir(self) -> Path:
         """Downloads are cached on local disk even for a remote lake: they are inputs, not lake data."""

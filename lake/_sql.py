@@ -56,6 +56,13 @@ def catalog_views(lake: Lake) -> dict[str, str]:
             views[spec.name] = f"{scan} WHERE dataset_id = ({newest})"
         elif spec.dataset_scoped:
             views[spec.name] = f"{scan} WHERE {committed}"
+        elif spec.run_scoped:
+            # an import's run row precedes its dataset row (the import's commit point): hide it until then
+            runs = (
+                f"SELECT run_id FROM delta_scan({_lit(lake.table_uri('acquisition_runs'))}) "
+                "WHERE microscope_id <> 'import' OR run_id IN (SELECT 'import-' || dataset_id FROM datasets)"
+            )
+            views[spec.name] = f"{scan} WHERE run_id IN ({runs})"
         else:
             views[spec.name] = scan
     views["genes"] = (

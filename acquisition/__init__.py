@@ -1,0 +1,59 @@
+"""The imaging farm: pymmcore-plus acquisition agents, the digital-twin microscope, frames streamed into the lake.
+
+Imports `lake` only; the acquisition thread never waits on storage (see `LakeSink`).
+"""
+
+from acquisition._agent import AcquisitionError, Agent, RunResult
+from acquisition._farm import AgentSpec, PolicyName, make_policy, run_agent, run_farm
+from acquisition._feed import EventFeed
+from acquisition._feedback import FeedbackLoop
+from acquisition._images_ingest import ImageIngest, ingest_images
+from acquisition._microscope import Microscope, open_config, open_twin
+from acquisition._plan import check_stage_limits, default_plan, load_plan
+from acquisition._policy import (
+    Action,
+    FeedbackPolicy,
+    FrameView,
+    MitosisPolicy,
+    Revisit,
+    SetExposure,
+    SetLightPower,
+    SkipPosition,
+    Stop,
+)
+from acquisition._qc import FrameQC, frame_qc
+from acquisition._sink import LakeSink, SinkStats
+
+__all__ = [
+    "AcquisitionError",
+    "Action",
+    "Agent",
+    "AgentSpec",
+    "EventFeed",
+    "FeedbackLoop",
+    "FeedbackPolicy",
+    "FrameQC",
+    "FrameView",
+    "ImageIngest",
+    "LakeSink",
+    "Microscope",
+    "MitosisPolicy",
+    "PolicyName",
+    "Revisit",
+    "RunResult",
+    "SetExposure",
+    "SetLightPower",
+    "SinkStats",
+    "SkipPosition",
+    "Stop",
+    "check_stage_limits",
+    "default_plan",
+    "frame_qc",
+    "ingest_images",
+    "load_plan",
+    "make_policy",
+    "open_config",
+    "open_twin",
+    "run_agent",
+    "run_farm",
+]

@@ -1,0 +1,115 @@
+"""The farm: N agents at once, one process each, into one lake."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import useq
+
+import lake
+from acquisition._agent import Agent, RunResult
+from acquisition._microscope import Microscope, open_config, open_twin
+from acquisition._plan import default_plan, load_plan
+from acquisition._policy import FeedbackPolicy, MitosisPolicy
+
+__all__ = ["AgentSpec", "PolicyName", "make_policy", "run_agent", "run_farm"]
+
+PolicyName = Literal["none", "local", "remote"]
+
+
+def make_policy(name: PolicyName, *, url: str | None = None) -> FeedbackPolicy | None:
+    if name == "none":
+        return None
+    if name == "local":
+        return MitosisPolicy()
+    from acquisition._remote import RemotePolicy
+
+    if not url:
+        raise lake.InvalidInputError("--policy remote needs --policy-url (the served imaging model)")
+    return RemotePolicy(url)
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything one agent process needs; plain data so that it crosses a process boundary."""
+
+    lake_root: str
+    microscope_id: str
+    twin: bool = True
+    config: str | None = None
+    plan: str | None = None
+    policy: PolicyName = "none"
+    policy_url: str | None = None
+    seed: int = 0
+    twin_options: tuple[tuple[str, Any], ...] = ()
+
+    def open_microscope(self) -> Microscope:
+        if self.config:
+            return open_config(self.config)
+        from acquisition.twin import TwinConfig
+
+        return open_twin(TwinConfig(seed=self.seed, **dict(self.twin_options)))
+
+    def load_plan(self) -> useq.MDASequence:
+        return load_plan(self.plan) if self.plan else default_plan()
+
+
+def run_agent(spec: AgentSpec, *, on_frame: Callable[[int], None] | None = None) -> RunResult:
+    target = lake.Lake.open(spec.lake_root)
+    plan = spec.load_plan()  # parse errors first: nothing is opened or written for a bad plan
+    policy = make_policy(spec.policy, url=spec.policy_url)
+    microscope = spec.open_microscope()
+    try:
+        return Agent(target, microscope, microscope_id=spec.microscope_id, policy=policy, on_frame=on_frame).run(plan)
+    finally:
+        microscope.close()
+
+
+def _child(spec: AgentSpec, messages: Any) -> None:
+    last = [0.0]
+
+    def tick(frame_id: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.2:  # progress is advisory: a few messages a second is plenty
+            last[0] = now
+            messages.put(("frame", spec.microscope_id, frame_id + 1))
+
+    try:
+        result = run_agent(spec, on_frame=tick)
+        messages.put(("done", spec.microscope_id, asdict(result)))
+    except lake.LakeError as exc:
+        messages.put(("error", spec.microscope_id, str(exc)))
+
+
+def run_farm(
+    specs: list[AgentSpec], *, on_progress: Callable[[str, int], None] | None = None
+) -> dict[str, RunResult | str]:
+    """Run the agents in separate processes; returns each one's result, or its one-line error."""
+    ctx = mp.get_context("spawn")
+    messages = ctx.Queue()
+    procs = {s.microscope_id: ctx.Process(target=_child, args=(s, messages), name=s.microscope_id) for s in specs}
+    for p in procs.values():
+        p.start()
+    results: dict[str, RunResult | str] = {}
+    while len(results) < len(procs):
+        try:
+            kind, mid, payload = messages.get(timeout=0.5)
+        except queue.Empty:
+            for mid, p in procs.items():
+                if mid not in results and not p.is_alive() and p.exitcode not in (0, None):
+                    results[mid] = f"agent process exited with code {p.exitcode}"
+            continue
+        if kind == "frame" and on_progress is not None:
+            on_progress(mid, payload)
+        elif kind == "done":
+            results[mid] = RunResult(**payload)
+        elif kind == "error":
+            results[mid] = payload
+    for p in procs.values():
+        p.join(timeout=30)
+    return results

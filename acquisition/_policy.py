@@ -1,0 +1,161 @@
+"""Feedback policies: what the agent should do next, given what it just saw.
+
+A policy sees frames (never blocking the camera: it runs on its own thread and gets the newest frame) and
+returns actions. Actions are pydantic models, so the same objects travel in process and over HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, Field, TypeAdapter
+
+__all__ = [
+    "Action",
+    "FeedbackPolicy",
+    "FrameView",
+    "MitosisPolicy",
+    "Revisit",
+    "SetExposure",
+    "SetLightPower",
+    "SkipPosition",
+    "Stop",
+    "action_adapter",
+]
+
+
+class Revisit(BaseModel):
+    """Image this position again soon: `repeats` extra time points, `interval_s` apart, optionally as a z-stack."""
+
+    action: Literal["revisit"] = "revisit"
+    p: int
+    delay_s: float = Field(default=0.0, ge=0)
+    repeats: int = Field(default=3, ge=1, le=100)
+    interval_s: float = Field(default=0.5, ge=0)
+    z_planes: int = Field(default=1, ge=1, le=33)
+    z_step_um: float = Field(default=1.0, gt=0)
+
+
+class SetExposure(BaseModel):
+    action: Literal["set_exposure"] = "set_exposure"
+    exposure_ms: float = Field(gt=0, le=60_000)
+    channel: str | None = None  # None: every channel
+
+
+class SetLightPower(BaseModel):
+    action: Literal["set_light_power"] = "set_light_power"
+    power: float = Field(ge=0, le=100)
+
+
+class SkipPosition(BaseModel):
+    """Stop imaging a position (e.g. an empty field) for the next `time_points` plan time points (None: for good)."""
+
+    action: Literal["skip_position"] = "skip_position"
+    p: int
+    time_points: int | None = None
+
+
+class Stop(BaseModel):
+    action: Literal["stop"] = "stop"
+    reason: str = ""
+
+
+Action = Annotated[Revisit | SetExposure | SetLightPower | SkipPosition | Stop, Field(discriminator="action")]
+action_adapter: TypeAdapter[list[Action]] = TypeAdapter(list[Action])
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """What a policy is shown: the plane and where, when and how it was taken."""
+
+    run_id: str
+    frame_id: int
+    t: int
+    p: int
+    c: int
+    z: int
+    channel: str | None
+    x_um: float | None
+    y_um: float | None
+    z_um: float | None
+    exposure_ms: float | None
+    light_power: float | None
+    acquired_at: datetime
+    image: np.ndarray = field(repr=False)
+    bit_depth: int = 16
+
+
+@runtime_checkable
+class FeedbackPolicy(Protocol):
+    """The extension point: anything with a name, a version and `decide` is a policy."""
+
+    name: str
+    version: str
+
+    def wants(self, frame: FrameView) -> bool:
+        """Whether this frame should be shown to `decide` at all (e.g. only the nuclear channel)."""
+        ...
+
+    def decide(self, frame: FrameView) -> list[Any]:
+        """Actions for this frame (an empty list: carry on)."""
+        ...
+
+
+class MitosisPolicy:
+    """The `local` policy: a classical detector of dividing cells, in process.
+
+    - a field with a dividing cell is revisited at a higher rate (a burst of `burst` time points);
+    - frames much brighter than needed lower the light power (photons are dose: spare the cells);
+    - a field with no cells is skipped for the rest of the run.
+    The trained imaging model of the models issue replaces the detector behind the same protocol.
+    """
+
+    def __init__(
+        self,
+        *,
+        channel: str = "GFP",
+        burst: int = 4,
+        burst_interval_s: float = 0.25,
+        min_score: float | None = None,
+        target_mean_frac: float = 0.08,
+        min_power: float = 5.0,
+    ) -> None:
+        self.name = "mitosis-detector"
+        self.version = "classical-1"
+        self.channel = channel
+        self.burst = burst
+        self.burst_interval_s = burst_interval_s
+        self.min_score = min_score
+        self.target_mean_frac = target_mean_frac
+        self.min_power = min_power
+        self._bursting_until: dict[int, float] = {}
+        self._power_set = False
+
+    def wants(self, frame: FrameView) -> bool:
+        return frame.channel is None or frame.channel == self.channel
+
+    def decide(self, frame: FrameView) -> list[Any]:
+        from acquisition._mitosis import detect_mitoses
+
+        img = frame.image
+        full = float(2**frame.bit_depth - 1)
+        actions: list[Any] = []
+        hi = float(np.percentile(img[::4, ::4], 99.5))
+        lo = float(np.median(img[::4, ::4]))
+        if hi - lo < 0.01 * full:  # nothing above background: an empty field
+            return [SkipPosition(p=frame.p)]
+        if not self._power_set and frame.light_power and hi > 0.5 * full:
+            # bright enough to halve the light and keep the cells' signal well above noise
+            power = max(self.min_power, frame.light_power * 0.5)
+            if power < frame.light_power:
+                actions.append(SetLightPower(power=power))
+                self._power_set = True
+        hits = detect_mitoses(img) if self.min_score is None else detect_mitoses(img, min_score=self.min_score)
+        now = frame.acquired_at.timestamp()
+        if hits and self._bursting_until.get(frame.p, 0.0) < now:
+            self._bursting_until[frame.p] = now + self.burst * self.burst_interval_s
+            actions.append(Revisit(p=frame.p, repeats=self.burst, interval_s=self.burst_interval_s))
+        return actions

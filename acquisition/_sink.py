@@ -1,0 +1,333 @@
+"""The streaming sink: frames from the camera thread into OME-Zarr and Delta, without slowing the camera.
+
+The frame callback only stamps the frame and puts it on a bounded queue; a writer thread writes the plane,
+computes its QC and appends `frames` rows in micro-batches. A row is appended only after its plane is on disk,
+so every row points at a chunk that exists. When the writer falls behind and the queue is full, the callback
+waits (no frame is ever dropped) and the wait is measured and reported as backpressure.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import useq
+
+import lake
+from acquisition._feed import AppliedAction, position_key
+from acquisition._policy import FrameView
+from acquisition._qc import frame_qc
+
+__all__ = ["LakeSink", "SinkStats"]
+
+log = logging.getLogger(__name__)
+_STOP = object()
+_WELL = re.compile(r"^([A-Pa-p]\d{1,2})(?:_|$)")
+
+
+@dataclass
+class SinkStats:
+    n_frames: int = 0  # seen by the callback
+    n_written: int = 0  # planes on disk
+    n_committed: int = 0  # rows in Delta
+    commits: dict[str, int] = field(default_factory=dict)
+    queue_capacity: int = 0
+    queue_high_water: int = 0
+    backpressure_s: float = 0.0
+    backpressure_frames: int = 0
+    writer_busy_s: float = 0.0
+    first_frame_at: float | None = None
+    last_frame_at: float | None = None
+    closed_at: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        span = (self.last_frame_at or 0.0) - (self.first_frame_at or 0.0)
+        life = (self.closed_at or time.monotonic()) - (self.first_frame_at or time.monotonic())
+        n_commits = sum(self.commits.values())
+        return {
+            "frames": self.n_frames,
+            "frames_written": self.n_written,
+            "frames_committed": self.n_committed,
+            "frames_lost": self.n_frames - self.n_committed,
+            "frames_per_s": round((self.n_frames - 1) / span, 3) if span > 0 and self.n_frames > 1 else None,
+            "commits": dict(self.commits),
+            "commits_per_s": round(n_commits / life, 3) if life > 0 else None,
+            "queue_capacity": self.queue_capacity,
+            "queue_high_water": self.queue_high_water,
+            "backpressure_s": round(self.backpressure_s, 4),
+            "backpressure_frames": self.backpressure_frames,
+            "writer_busy_s": round(self.writer_busy_s, 3),
+        }
+
+
+@dataclass
+class _Item:
+    frame_id: int
+    image: np.ndarray
+    event: useq.MDAEvent
+    meta: dict[str, Any]
+    acquired_at: datetime
+
+
+class LakeSink:
+    """A pymmcore-plus output handler (`frameReady`) that streams a run into the lake."""
+
+    def __init__(
+        self,
+        target: lake.Lake,
+        run_id: str,
+        *,
+        plan: useq.MDASequence,
+        bit_depth: int,
+        z_size: int = 1,
+        pixel_size_um: float | None = None,
+        light_power: Callable[[], float | None] = lambda: None,
+        on_frame: Callable[[FrameView], None] | None = None,
+        decisions: Callable[[], list[AppliedAction]] | None = None,
+        flush_frames: int = 64,
+        flush_s: float = 1.0,
+        min_flush_interval_s: float = 0.5,
+        max_queue_bytes: int = 512 * 2**20,
+        levels: int = 2,
+        writer_threads: int = 2,
+    ) -> None:
+        self.lake = target
+        self.run_id = run_id
+        self.plan = plan
+        self.bit_depth = bit_depth
+        self.z_size = z_size
+        self.pixel_size_um = pixel_size_um
+        self._light_power = light_power
+        self._on_frame = on_frame
+        self._decision_source = decisions
+        self.flush_frames = flush_frames
+        self.flush_s = flush_s
+        self.min_flush_interval_s = min_flush_interval_s
+        self.max_queue_bytes = max_queue_bytes
+        self.levels = levels
+        self.stats = SinkStats()
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[Any] | None = None
+        self._images: dict[str, lake.OmeZarrImage] = {}
+        self._rows: list[dict[str, Any]] = []
+        self._decisions: list[dict[str, Any]] = []
+        self._decisions_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._writer = threading.Thread(target=self._write_loop, name=f"sink-{run_id}", daemon=True)
+        # Encoding, writing and QC release the GIL, so two planes in flight use both cores on large frames.
+        self._pool = ThreadPoolExecutor(max_workers=max(writer_threads, 1), thread_name_prefix=f"plane-{run_id}")
+        self._inflight: deque[Future[dict[str, Any]]] = deque()
+        self._max_inflight = 2 * max(writer_threads, 1)
+        self._images_lock = threading.Lock()
+        self._channels = [c.config for c in plan.channels]
+        t_interval = getattr(plan.time_plan, "interval", None)
+        self._t_interval_s = t_interval.total_seconds() if t_interval is not None else None
+        self._z_step = getattr(plan.z_plan, "step", None)
+
+    # -- the camera thread --------------------------------------------------------------------------------
+    def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: dict[str, Any]) -> None:
+        """Stamp the frame and queue it; blocks (measured) only when the writer is a whole queue behind."""
+        now = time.monotonic()
+        if self._queue is None:  # sized from the first frame, so big frames get fewer slots
+            self._queue = queue.Queue(maxsize=max(4, self.max_queue_bytes // max(img.nbytes, 1)))
+            self.stats.queue_capacity = self._queue.maxsize
+            self._writer.start()
+            self.stats.first_frame_at = now
+        self.stats.last_frame_at = now
+        item = _Item(self.stats.n_frames, img, event, meta, datetime.now(UTC))
+        self.stats.n_frames += 1
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            t0 = time.monotonic()
+            self._queue.put(item)
+            self.stats.backpressure_s += time.monotonic() - t0
+            self.stats.backpressure_frames += 1
+        self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
+        if self._on_frame is not None:
+            self._on_frame(self._view(item))
+
+    def frames_acquired(self) -> int:
+        return self.stats.n_frames
+
+    def add_decisions(self, applied: list[AppliedAction]) -> None:
+        import json
+
+        rows = [
+            {
+                "run_id": self.run_id,
+                "frame_id": a.frame_id,
+                "model": a.model,
+                "model_version": a.model_version,
+                "action": a.action.action,
+                "params": json.dumps(a.action.model_dump(exclude={"action"})),
+                "latency_ms": a.latency_ms,
+                "decided_at": datetime.fromtimestamp(a.decided_at, UTC),
+                "late_frames": a.late_frames,
+            }
+            for a in applied
+        ]
+        with self._decisions_lock:
+            self._decisions.extend(rows)
+
+    # -- the writer thread --------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                item = None
+            t0 = time.monotonic()
+            try:
+                if self.error is None:
+                    if item is not None and item is not _STOP:
+                        self._inflight.append(self._pool.submit(self._write, item))
+                    # rows are taken in frame order; a plane's row only once the plane is on disk
+                    done = item is _STOP
+                    while self._inflight and (
+                        done or self._inflight[0].done() or len(self._inflight) >= self._max_inflight
+                    ):
+                        self._rows.append(self._inflight.popleft().result())
+                        self.stats.n_written += 1
+                    self._maybe_flush()
+            except Exception as exc:  # the agent sees `error` and stops the run
+                log.error("sink failed: %s", exc)
+                self.error = exc
+            self.stats.writer_busy_s += time.monotonic() - t0
+            if item is _STOP:
+                break
+
+    def _image(self, key: str, item: _Item) -> lake.OmeZarrImage:
+        with self._images_lock:
+            return self._images.get(key) or self._create_image(key, item)
+
+    def _create_image(self, key: str, item: _Item) -> lake.OmeZarrImage:
+        y, x = item.image.shape[:2]
+        spec = lake.ImageSpec(
+            t=max(self.plan.sizes.get("t", 0), 1),
+            c=max(len(self._channels), 1),
+            z=self.z_size,
+            y=y,
+            x=x,
+            dtype=str(item.image.dtype),
+            pixel_size_um=self.pixel_size_um,
+            z_step_um=self._z_step,
+            t_interval_s=self._t_interval_s,
+            channel_names=tuple(self._channels),
+            levels=self.levels,
+            name=f"{self.run_id}/{key}",
+        )
+        img = lake.OmeZarrImage.create(self.lake.settings.image_uri(self.run_id, key), spec)
+        self._images[key] = img
+        return img
+
+    def _write(self, item: _Item) -> dict[str, Any]:
+        ev, meta = item.event, item.meta
+        index = dict(ev.index)
+        key = ev.metadata.get("position_key") or position_key(index)
+        t = int(ev.metadata.get("store_t", index.get("t", 0)))
+        c = int(index.get("c", 0))
+        z = int(ev.metadata.get("store_z", index.get("z", 0)))
+        binned = lake.downsample2(item.image)  # level 1 of the pyramid, and the QC's focus input
+        self._image(key, item).write_plane(t, c, z, item.image, binned=binned)
+        qc = frame_qc(item.image, bit_depth=self.bit_depth, binned=binned)
+        pos = meta.get("position") or {}
+        well = _WELL.match(ev.pos_name or "")
+        return {
+            "run_id": self.run_id,
+            "frame_id": item.frame_id,
+            "t": t,
+            "p": index.get("p", 0),
+            "c": c,
+            "z": z,
+            "well": well.group(1).upper() if well else None,
+            "x_um": pos.get("x", ev.x_pos),
+            "y_um": pos.get("y", ev.y_pos),
+            "z_um": pos.get("z", ev.z_pos),
+            "channel": ev.channel.config if ev.channel else None,
+            "exposure_ms": meta.get("exposure_ms", ev.exposure),
+            "light_power": ev.metadata.get("light_power", self._light_power()),
+            "acquired_at": item.acquired_at,
+            "image_uri": self.lake.settings.image_uri(self.run_id, key),
+            "shape": list(item.image.shape[:2]),
+            "dtype": str(item.image.dtype),
+            "mean": qc.mean,
+            "max": qc.max,
+            "saturated_frac": qc.saturated_frac,
+            "focus_score": qc.focus_score,
+        }
+
+    def _maybe_flush(self, *, force: bool = False) -> None:
+        age = time.monotonic() - self._last_flush
+        pending = bool(self._rows) or bool(self._decisions) or force
+        due = age >= self.flush_s or (len(self._rows) >= self.flush_frames and age >= self.min_flush_interval_s)
+        if pending and (force or due):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._decision_source is not None:
+            self.add_decisions(self._decision_source())
+        rows, self._rows = self._rows, []
+        with self._decisions_lock:
+            decisions, self._decisions = self._decisions, []
+        if rows:
+            self.lake.append("frames", rows)
+            self.stats.commits["frames"] = self.stats.commits.get("frames", 0) + 1
+            self.stats.n_committed += len(rows)
+        if decisions:
+            self.lake.append("decisions", decisions)
+            self.stats.commits["decisions"] = self.stats.commits.get("decisions", 0) + 1
+        self._last_flush = time.monotonic()
+
+    def _view(self, item: _Item) -> FrameView:
+        ev, index = item.event, item.event.index
+        pos = item.meta.get("position") or {}
+        return FrameView(
+            run_id=self.run_id,
+            frame_id=item.frame_id,
+            t=int(ev.metadata.get("store_t", index.get("t", 0))),
+            p=index.get("p", 0),
+            c=index.get("c", 0),
+            z=index.get("z", 0),
+            channel=ev.channel.config if ev.channel else None,
+            x_um=pos.get("x", ev.x_pos),
+            y_um=pos.get("y", ev.y_pos),
+            z_um=pos.get("z", ev.z_pos),
+            exposure_ms=item.meta.get("exposure_ms", ev.exposure),
+            light_power=ev.metadata.get("light_power"),
+            acquired_at=item.acquired_at,
+            image=item.image,
+            bit_depth=self.bit_depth,
+        )
+
+    # -- end of run ---------------------------------------------------------------------------------------
+    def close(self) -> SinkStats:
+        """Drain the queue, commit what is left, trim the images. Raises the writer's error, if any."""
+        if self._queue is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
+        for fut in self._inflight:  # after a writer error: let planes in flight land before trimming
+            fut.exception()
+        self._pool.shutdown(wait=True)
+        try:  # rows whose planes are on disk are committed even after a writer error
+            self._maybe_flush(force=True)
+        except Exception as exc:
+            self.error = self.error or exc
+        for img in self._images.values():
+            try:
+                img.close()
+            except Exception as exc:  # a full disk may refuse the metadata rewrite; the planes stay readable
+                log.warning("could not trim %s: %s", img.path, exc)
+        self.stats.closed_at = time.monotonic()
+        return self.stats

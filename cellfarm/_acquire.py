@@ -1,0 +1,74 @@
+"""`cellfarm acquire`: one agent in process, or a farm of N agent processes, with progress and a summary."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from typing import Any
+
+from rich.console import Console
+
+import lake
+from acquisition import AgentSpec, RunResult, load_plan, run_agent, run_farm
+from acquisition._plan import default_plan
+from cellfarm._progress import RichProgress
+
+__all__ = ["run_acquire"]
+
+
+def _expected_frames(spec: AgentSpec) -> int:
+    plan = load_plan(spec.plan) if spec.plan else default_plan()
+    return sum(1 for _ in plan)
+
+
+def _sigterm_as_interrupt() -> None:
+    # An operator's `kill` ends the run as `aborted` (with its frames committed), like Ctrl-C.
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _describe(mid: str, result: RunResult | str, console: Console) -> bool:
+    if isinstance(result, str):
+        console.print(f"[bold red]{mid} error:[/] {result}", highlight=False)
+        return False
+    s = result.summary
+    colour = "green" if result.status == "completed" else "red"
+    parts = [
+        f"run_id={result.run_id}",
+        f"frames={result.n_frames}",
+        f"frames_per_s={s.get('frames_per_s')}",
+        f"commits_per_s={s.get('commits_per_s')}",
+        f"backpressure_s={s.get('backpressure_s')}",
+    ]
+    if "events_injected" in s and s.get("policy"):
+        parts.append(f"feedback_time_points={s['events_injected']}")
+    twin = s.get("twin") or {}
+    if twin:
+        parts.append(f"divisions_imaged={twin.get('divisions_imaged')}/{twin.get('divisions')}")
+        parts.append(f"healthy={twin.get('health_fraction_healthy')}")
+    console.print(f"[bold {colour}]{result.status}[/] {mid}: " + ", ".join(parts), highlight=False, soft_wrap=True)
+    if result.error:
+        console.print(f"[bold red]error:[/] {result.error}", highlight=False)
+    return result.status == "completed"
+
+
+def run_acquire(spec: AgentSpec, *, microscopes: int, console: Console) -> bool:
+    """Run and report; True when every run completed. Bad input raises `lake.LakeError` before anything runs."""
+    total = _expected_frames(spec)
+    _sigterm_as_interrupt()
+    with RichProgress(console) as progress:
+        if microscopes == 1:
+            result: RunResult | str = run_agent(spec, on_frame=lambda i: progress(spec.microscope_id, i + 1, total))
+            return _describe(spec.microscope_id, result, console)
+        prefix = spec.microscope_id
+        specs = [replace(spec, microscope_id=f"{prefix}-{k}", seed=spec.seed + k) for k in range(microscopes)]
+        results = run_farm(specs, on_progress=lambda mid, n: progress(mid, n, total))
+    ok = [_describe(mid, results[mid], console) for mid in sorted(results)]
+    return all(ok)
+
+
+def check_microscopes(n: int) -> None:
+    if n < 1:
+        raise lake.InvalidInputError(f"--microscopes must be at least 1, got {n}")
