@@ -40,8 +40,7 @@ class AgentSpec:
 
     lake_root: str
     microscope_id: str
-    twin: bool = True
-    config: str | None = None
+    config: str | None = None  # a Micro-Manager configuration; None: the digital twin
     plan: str | None = None
     policy: PolicyName = "none"
     policy_url: str | None = None

@@ -135,7 +135,7 @@ class EventFeed:
             # Due feedback goes before the plan, even before plan events that are overdue ("as fast as possible").
             if self._injected and (plan_due is None or self._injected[0].due <= max(self._clock(), plan_due)):
                 inj = self._injected[0]
-                if inj.due > self._clock() and self._wait(inj.due, plan_due):
+                if inj.due > self._clock() and self._wait(inj.due):
                     continue  # something arrived while waiting: re-plan
                 heapq.heappop(self._injected)
                 yield self._prepare(inj.event, injected=True)
@@ -143,12 +143,12 @@ class EventFeed:
             if nxt is None:
                 return
             # Wait here rather than in the runner, so that actions arriving meanwhile can jump the queue.
-            if plan_due and plan_due > self._clock() and self._wait(plan_due, None):
+            if plan_due and plan_due > self._clock() and self._wait(plan_due):
                 continue
             event, nxt = nxt, next(plan_iter, None)
             yield self._prepare(event, injected=False)
 
-    def _wait(self, until: float, _other: float | None) -> bool:
+    def _wait(self, until: float) -> bool:
         """Sleep until `until`; True if an action or a stop came in first."""
         while self._clock() < until:
             if not self._actions.empty() or self._should_stop():

@@ -38,6 +38,7 @@ from lake import (
     null_progress,
     resolve_source,
     sha256_file,
+    sha256_files,
 )
 
 __all__ = ["CRASH_ENV", "OBJECT_ID_STRIDE", "ImageIngest", "ingest_images", "mask_class"]
@@ -47,7 +48,6 @@ __all__ = ["CRASH_ENV", "OBJECT_ID_STRIDE", "ImageIngest", "ingest_images", "mas
 OBJECT_ID_STRIDE = 1_000_000
 # Tests kill the import at a named point (images, frames, objects, run) to check what a crash leaves behind.
 CRASH_ENV = "CELLFARM_TEST_CRASH_AFTER"
-_BLOCK = 4 << 20
 _PREFIX = "import-"  # run ids of imports: import-<sha256[:16]>, the dataset id after the prefix
 
 
@@ -97,27 +97,10 @@ def _locate(source: str | os.PathLike[str], lake: Lake, progress: Progress) -> t
     return path, text if text.startswith("file://") else str(path)
 
 
-def _hash_files(root: Path, files: Sequence[Path], progress: Progress) -> str:
-    """One file: its plain sha256 (what ``sha256sum`` prints). Several (a zarr group, a multi-file OME-TIFF):
-    a sha256 over each file's path relative to ``root``, size and bytes, in path order."""
-    if len(files) == 1:
-        return sha256_file(files[0], progress=progress)
-    h = hashlib.sha256()
-    total, done = sum(f.stat().st_size for f in files), 0
-    for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.stat().st_size.to_bytes(8, "little"))
-        with f.open("rb") as fh:
-            while block := fh.read(_BLOCK):
-                h.update(block)
-                done += len(block)
-                progress("hash", done, total)
-    return h.hexdigest()
-
-
 def _content_sha(reader: ImageReader, masks: Sequence[Path], progress: Progress) -> str:
     """The source's hash, combined with the masks' hashes when there are masks (same image, other masks: a new
     dataset)."""
-    sha = _hash_files(reader.root, reader.files, progress)
+    sha = sha256_files(reader.root, reader.files, progress=progress)
     if not masks:
         return sha
     parts = [sha, *(sha256_file(m, progress=progress) for m in masks)]

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter
 
+from acquisition._mitosis import detect_mitoses
+
 __all__ = [
     "Action",
     "FeedbackPolicy",
@@ -86,6 +88,7 @@ class FrameView:
     acquired_at: datetime
     image: np.ndarray = field(repr=False)
     bit_depth: int = 16
+    well: str | None = None
 
 
 @runtime_checkable
@@ -138,8 +141,6 @@ class MitosisPolicy:
         return frame.channel is None or frame.channel == self.channel
 
     def decide(self, frame: FrameView) -> list[Any]:
-        from acquisition._mitosis import detect_mitoses
-
         img = frame.image
         full = float(2**frame.bit_depth - 1)
         actions: list[Any] = []

@@ -27,6 +27,7 @@ def frame_payload(frame: FrameView) -> dict[str, Any]:
         "c": frame.c,
         "z": frame.z,
         "channel": frame.channel,
+        "well": frame.well,
         "x_um": frame.x_um,
         "y_um": frame.y_um,
         "z_um": frame.z_um,

@@ -8,6 +8,7 @@ waits (no frame is ever dropped) and the wait is measured and reported as backpr
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import re
@@ -72,11 +73,8 @@ class SinkStats:
 
 @dataclass
 class _Item:
-    frame_id: int
-    image: np.ndarray
-    event: useq.MDAEvent
-    meta: dict[str, Any]
-    acquired_at: datetime
+    view: FrameView  # where, when and how: read once, on the camera thread
+    key: str  # the position's image
 
 
 class LakeSink:
@@ -144,7 +142,8 @@ class LakeSink:
             self._writer.start()
             self.stats.first_frame_at = now
         self.stats.last_frame_at = now
-        item = _Item(self.stats.n_frames, img, event, meta, datetime.now(UTC))
+        view = self._view(self.stats.n_frames, img, event, meta)
+        item = _Item(view, event.metadata.get("position_key") or position_key(dict(event.index)))
         self.stats.n_frames += 1
         try:
             self._queue.put_nowait(item)
@@ -155,14 +154,12 @@ class LakeSink:
             self.stats.backpressure_frames += 1
         self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
         if self._on_frame is not None:
-            self._on_frame(self._view(item))
+            self._on_frame(view)
 
     def frames_acquired(self) -> int:
         return self.stats.n_frames
 
     def add_decisions(self, applied: list[AppliedAction]) -> None:
-        import json
-
         rows = [
             {
                 "run_id": self.run_id,
@@ -208,19 +205,19 @@ class LakeSink:
             if item is _STOP:
                 break
 
-    def _image(self, key: str, item: _Item) -> lake.OmeZarrImage:
+    def _image(self, key: str, plane: np.ndarray) -> lake.OmeZarrImage:
         with self._images_lock:
-            return self._images.get(key) or self._create_image(key, item)
+            return self._images.get(key) or self._create_image(key, plane)
 
-    def _create_image(self, key: str, item: _Item) -> lake.OmeZarrImage:
-        y, x = item.image.shape[:2]
+    def _create_image(self, key: str, plane: np.ndarray) -> lake.OmeZarrImage:
+        y, x = plane.shape[:2]
         spec = lake.ImageSpec(
             t=max(self.plan.sizes.get("t", 0), 1),
             c=max(len(self._channels), 1),
             z=self.z_size,
             y=y,
             x=x,
-            dtype=str(item.image.dtype),
+            dtype=str(plane.dtype),
             pixel_size_um=self.pixel_size_um,
             z_step_um=self._z_step,
             t_interval_s=self._t_interval_s,
@@ -233,35 +230,28 @@ class LakeSink:
         return img
 
     def _write(self, item: _Item) -> dict[str, Any]:
-        ev, meta = item.event, item.meta
-        index = dict(ev.index)
-        key = ev.metadata.get("position_key") or position_key(index)
-        t = int(ev.metadata.get("store_t", index.get("t", 0)))
-        c = int(index.get("c", 0))
-        z = int(ev.metadata.get("store_z", index.get("z", 0)))
-        binned = lake.downsample2(item.image)  # level 1 of the pyramid, and the QC's focus input
-        self._image(key, item).write_plane(t, c, z, item.image, binned=binned)
-        qc = frame_qc(item.image, bit_depth=self.bit_depth, binned=binned)
-        pos = meta.get("position") or {}
-        well = _WELL.match(ev.pos_name or "")
+        v = item.view
+        binned = lake.downsample2(v.image)  # level 1 of the pyramid, and the QC's focus input
+        self._image(item.key, v.image).write_plane(v.t, v.c, v.z, v.image, binned=binned)
+        qc = frame_qc(v.image, bit_depth=self.bit_depth, binned=binned)
         return {
             "run_id": self.run_id,
-            "frame_id": item.frame_id,
-            "t": t,
-            "p": index.get("p", 0),
-            "c": c,
-            "z": z,
-            "well": well.group(1).upper() if well else None,
-            "x_um": pos.get("x", ev.x_pos),
-            "y_um": pos.get("y", ev.y_pos),
-            "z_um": pos.get("z", ev.z_pos),
-            "channel": ev.channel.config if ev.channel else None,
-            "exposure_ms": meta.get("exposure_ms", ev.exposure),
-            "light_power": ev.metadata.get("light_power", self._light_power()),
-            "acquired_at": item.acquired_at,
-            "image_uri": self.lake.settings.image_uri(self.run_id, key),
-            "shape": list(item.image.shape[:2]),
-            "dtype": str(item.image.dtype),
+            "frame_id": v.frame_id,
+            "t": v.t,
+            "p": v.p,
+            "c": v.c,
+            "z": v.z,
+            "well": v.well,
+            "x_um": v.x_um,
+            "y_um": v.y_um,
+            "z_um": v.z_um,
+            "channel": v.channel,
+            "exposure_ms": v.exposure_ms,
+            "light_power": v.light_power,
+            "acquired_at": v.acquired_at,
+            "image_uri": self.lake.settings.image_uri(self.run_id, item.key),
+            "shape": list(v.image.shape[:2]),
+            "dtype": str(v.image.dtype),
             "mean": qc.mean,
             "max": qc.max,
             "saturated_frac": qc.saturated_frac,
@@ -290,24 +280,26 @@ class LakeSink:
             self.stats.commits["decisions"] = self.stats.commits.get("decisions", 0) + 1
         self._last_flush = time.monotonic()
 
-    def _view(self, item: _Item) -> FrameView:
-        ev, index = item.event, item.event.index
-        pos = item.meta.get("position") or {}
+    def _view(self, frame_id: int, img: np.ndarray, ev: useq.MDAEvent, meta: dict[str, Any]) -> FrameView:
+        index, fb = ev.index, ev.metadata  # the feed's storage indices and light power, when it set them
+        pos = meta.get("position") or {}
+        well = _WELL.match(ev.pos_name or "")
         return FrameView(
             run_id=self.run_id,
-            frame_id=item.frame_id,
-            t=int(ev.metadata.get("store_t", index.get("t", 0))),
+            frame_id=frame_id,
+            t=int(fb.get("store_t", index.get("t", 0))),
             p=index.get("p", 0),
             c=index.get("c", 0),
-            z=index.get("z", 0),
+            z=int(fb.get("store_z", index.get("z", 0))),
+            well=well.group(1).upper() if well else None,
             channel=ev.channel.config if ev.channel else None,
             x_um=pos.get("x", ev.x_pos),
             y_um=pos.get("y", ev.y_pos),
             z_um=pos.get("z", ev.z_pos),
-            exposure_ms=item.meta.get("exposure_ms", ev.exposure),
-            light_power=ev.metadata.get("light_power"),
-            acquired_at=item.acquired_at,
-            image=item.image,
+            exposure_ms=meta.get("exposure_ms", ev.exposure),
+            light_power=fb["light_power"] if "light_power" in fb else self._light_power(),
+            acquired_at=datetime.now(UTC),
+            image=img,
             bit_depth=self.bit_depth,
         )
 

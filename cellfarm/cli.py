@@ -134,7 +134,6 @@ def acquire(
     spec = AgentSpec(
         lake_root=state.lake().root,
         microscope_id=microscope_id or ("mm" if config else "twin"),
-        twin=config is None,
         config=str(config) if config else None,
         plan=str(plan) if plan else None,
         policy=policy.value,

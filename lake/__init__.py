@@ -12,7 +12,7 @@ from lake._errors import (
     SchemaMismatchError,
     TableNotFoundError,
 )
-from lake._fetch import Source, resolve_source, sha256_file
+from lake._fetch import Source, resolve_source, sha256_file, sha256_files
 from lake._genes import GeneReference, is_ensembl_id, map_var
 from lake._hpa import HpaIngest, ingest_hpa
 from lake._images import ImageSpec, OmeZarrImage, chunk_exists, downsample2
@@ -65,5 +65,6 @@ __all__ = [
     "recover_lake",
     "resolve_source",
     "sha256_file",
+    "sha256_files",
     "write_catalog",
 ]

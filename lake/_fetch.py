@@ -6,6 +6,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 from lake._errors import InvalidInputError
 from lake._progress import Progress, null_progress
 
-__all__ = ["Source", "resolve_source", "sha256_file"]
+__all__ = ["Source", "resolve_source", "sha256_file", "sha256_files"]
 
 _BLOCK = 4 << 20
 
@@ -28,15 +29,31 @@ class Source:
     size: int
 
 
-def sha256_file(path: Path, *, progress: Progress = null_progress) -> str:
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    done = 0
+def _feed(h: hashlib._Hash, path: Path, progress: Progress, done: int, total: int) -> int:
     with path.open("rb") as f:
         while block := f.read(_BLOCK):
             h.update(block)
             done += len(block)
-            progress("hash", done, size)
+            progress("hash", done, total)
+    return done
+
+
+def sha256_file(path: Path, *, progress: Progress = null_progress) -> str:
+    h = hashlib.sha256()
+    _feed(h, path, progress, 0, path.stat().st_size)
+    return h.hexdigest()
+
+
+def sha256_files(root: Path, files: Sequence[Path], *, progress: Progress = null_progress) -> str:
+    """One file: its plain sha256 (what ``sha256sum`` prints). Several (a zarr group, a multi-file OME-TIFF):
+    a sha256 over each file's path relative to ``root``, size and bytes, in path order."""
+    if len(files) == 1:
+        return sha256_file(files[0], progress=progress)
+    h = hashlib.sha256()
+    total, done = sum(f.stat().st_size for f in files), 0
+    for f in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.stat().st_size.to_bytes(8, "little"))
+        done = _feed(h, f, progress, done, total)
     return h.hexdigest()
 
 

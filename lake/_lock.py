@@ -10,7 +10,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from lake._errors import LakeBusyError
@@ -19,7 +19,7 @@ __all__ = ["is_held", "liveness_lock", "writer_lock"]
 
 
 @contextmanager
-def writer_lock(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
+def _flock(path: Path, *, timeout_s: float, busy: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -29,8 +29,8 @@ def writer_lock(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LakeBusyError(f"another writer holds {path} for over {timeout_s:.0f} s") from None
+                if time.monotonic() >= deadline:
+                    raise LakeBusyError(busy) from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -39,21 +39,13 @@ def writer_lock(path: Path, *, timeout_s: float = 600.0) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-@contextmanager
-def liveness_lock(path: Path) -> Iterator[None]:
+def writer_lock(path: Path, *, timeout_s: float = 600.0) -> AbstractContextManager[None]:
+    return _flock(path, timeout_s=timeout_s, busy=f"another writer holds {path} for over {timeout_s:.0f} s")
+
+
+def liveness_lock(path: Path) -> AbstractContextManager[None]:
     """Hold ``path`` for as long as this process is alive and inside the block; see :func:`is_held`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LakeBusyError(f"{path} is held by a live process") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
+    return _flock(path, timeout_s=0.0, busy=f"{path} is held by a live process")
 
 
 def is_held(path: Path) -> bool:

@@ -15,7 +15,7 @@ import pytest
 import useq
 
 import lake
-from acquisition import Agent, open_config
+from acquisition import Agent, RunResult, open_config
 from tests.acquisition.conftest import frames_of, versions
 from tests.conftest import CELLFARM, run_cli
 
@@ -38,12 +38,16 @@ def assert_rows_point_at_planes(frames: list[dict[str, object]]) -> None:
         assert float(plane.mean()) == pytest.approx(row["mean"])
 
 
-def test_demo_config_run_streams_into_the_lake(tmp_lake: lake.Lake, mm_config: Path) -> None:
-    scope = open_config(mm_config)
+def run_mm(target: lake.Lake, config: Path, plan: useq.MDASequence) -> RunResult:
+    scope = open_config(config)
     try:
-        result = Agent(tmp_lake, scope, microscope_id="mm-0").run(PLAN)
+        return Agent(target, scope, microscope_id="mm-0").run(plan)
     finally:
         scope.close()
+
+
+def test_demo_config_run_streams_into_the_lake(tmp_lake: lake.Lake, mm_config: Path) -> None:
+    result = run_mm(tmp_lake, mm_config, PLAN)
     assert result.status == "completed", result.error
     n = sum(1 for _ in PLAN)
     assert result.n_frames == n == 36
@@ -87,12 +91,8 @@ def test_plans_the_microscope_cannot_run_are_refused(
     tmp_lake: lake.Lake, mm_config: Path, plan: useq.MDASequence, message: str
 ) -> None:
     before = versions(tmp_lake, "acquisition_runs", "frames")
-    scope = open_config(mm_config)
-    try:
-        with pytest.raises(lake.InvalidInputError, match=message):
-            Agent(tmp_lake, scope, microscope_id="mm-0").run(plan)
-    finally:
-        scope.close()
+    with pytest.raises(lake.InvalidInputError, match=message):
+        run_mm(tmp_lake, mm_config, plan)
     assert versions(tmp_lake, "acquisition_runs", "frames") == before
 
 
@@ -194,10 +194,6 @@ def test_autofocus_plan_runs_on_the_demo_config(tmp_lake: lake.Lake, mm_config: 
             "autofocus_plan": {"autofocus_device_name": "Z", "autofocus_motor_offset": 0, "axes": ["p"]},
         }
     )
-    scope = open_config(mm_config)
-    try:
-        result = Agent(tmp_lake, scope, microscope_id="mm-0").run(plan)
-    finally:
-        scope.close()
+    result = run_mm(tmp_lake, mm_config, plan)
     assert result.status == "completed", result.error
     assert result.n_frames == 2
