@@ -4,16 +4,20 @@ Imports `lake` only; the acquisition thread never waits on storage (see `LakeSin
 """
 
 from acquisition._agent import AcquisitionError, Agent, RunResult
+from acquisition._autofocus import AutofocusEngine, AutofocusResult, SoftwareAutofocus, find_focus
 from acquisition._farm import AgentSpec, PolicyName, make_policy, run_agent, run_farm
 from acquisition._feed import EventFeed
 from acquisition._feedback import FeedbackLoop
 from acquisition._images_ingest import ImageIngest, ingest_images
 from acquisition._microscope import Microscope, open_config, open_twin
+from acquisition._mitosis import Detection, detect_mitoses
 from acquisition._plan import check_stage_limits, default_plan, load_plan
 from acquisition._policy import (
     Action,
+    ClassicalDetector,
     FeedbackPolicy,
     FrameView,
+    MitosisDetector,
     MitosisPolicy,
     Revisit,
     SetExposure,
@@ -29,6 +33,10 @@ __all__ = [
     "Action",
     "Agent",
     "AgentSpec",
+    "AutofocusEngine",
+    "AutofocusResult",
+    "ClassicalDetector",
+    "Detection",
     "EventFeed",
     "FeedbackLoop",
     "FeedbackPolicy",
@@ -37,6 +45,7 @@ __all__ = [
     "ImageIngest",
     "LakeSink",
     "Microscope",
+    "MitosisDetector",
     "MitosisPolicy",
     "PolicyName",
     "Revisit",
@@ -45,9 +54,12 @@ __all__ = [
     "SetLightPower",
     "SinkStats",
     "SkipPosition",
+    "SoftwareAutofocus",
     "Stop",
     "check_stage_limits",
     "default_plan",
+    "detect_mitoses",
+    "find_focus",
     "frame_qc",
     "ingest_images",
     "load_plan",

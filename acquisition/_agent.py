@@ -13,6 +13,7 @@ from typing import Any, cast
 import useq
 
 import lake
+from acquisition._autofocus import AutofocusEngine
 from acquisition._feed import EventFeed
 from acquisition._feedback import FeedbackLoop
 from acquisition._microscope import LIGHT_DEVICE, LIGHT_PROPERTY, Microscope
@@ -154,9 +155,11 @@ class Agent:
         error: str | None = None
         status: RunStatus = "completed"
         t0 = time.monotonic()
+        engine = runner.engine
+        if isinstance(engine, AutofocusEngine):
+            engine.results.clear()
         try:
             events: Iterator[useq.MDAEvent] = iter(feed)
-            engine = runner.engine
             if loop is None and engine is not None:
                 # No feedback to wait for: let the engine merge events into hardware sequences (the camera's
                 # fast path), as `mda.run(sequence)` would. With a policy, events go one by one so that an
@@ -182,6 +185,8 @@ class Agent:
             "events_injected": feed.n_injected,
             "events_skipped": feed.n_skipped,
         }
+        if isinstance(engine, AutofocusEngine) and engine.results:
+            summary["autofocus"] = [r.summary() for r in engine.results]
         if feed.stopped_reason:
             summary["stopped_by_policy"] = feed.stopped_reason
         if loop is not None:

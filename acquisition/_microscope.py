@@ -54,11 +54,19 @@ class Microscope:
             gc.collect()
 
 
+def _with_software_autofocus(core: CMMCorePlus, limits: tuple[float, float] | None = None) -> None:
+    """Plans with an `autofocus_plan` then focus by image where the core has no autofocus device."""
+    from acquisition._autofocus import AutofocusEngine
+
+    core.mda.set_engine(AutofocusEngine(core, limits=limits))
+
+
 def open_twin(config: TwinConfig | None = None) -> Microscope:
     from acquisition.twin import TwinConfig, create_twin_core
 
     config = config or TwinConfig()
     core, sample = create_twin_core(config)
+    _with_software_autofocus(core, config.z_limits_um)
     return Microscope(
         core=core,
         kind="twin",
@@ -88,4 +96,5 @@ def open_config(path: str | Path) -> Microscope:
         first = " ".join(str(e).split())[:300]
         core.unloadAllDevices()
         raise InvalidInputError(f"cannot load Micro-Manager configuration {path}: {first}") from None
+    _with_software_autofocus(core)
     return Microscope(core=core, kind="config", bit_depth=core.getImageBitDepth(), source=str(path))

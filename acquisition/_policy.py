@@ -13,12 +13,14 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, Field, TypeAdapter
 
-from acquisition._mitosis import detect_mitoses
+from acquisition._mitosis import Detection, detect_mitoses
 
 __all__ = [
     "Action",
+    "ClassicalDetector",
     "FeedbackPolicy",
     "FrameView",
+    "MitosisDetector",
     "MitosisPolicy",
     "Revisit",
     "SetExposure",
@@ -107,6 +109,29 @@ class FeedbackPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class MitosisDetector(Protocol):
+    """Finds dividing cells in a 2-D frame; the extension point for trained imaging models."""
+
+    name: str
+    version: str
+
+    def __call__(self, image: np.ndarray) -> list[Detection]: ...
+
+
+class ClassicalDetector:
+    """`detect_mitoses` behind the `MitosisDetector` protocol."""
+
+    name = "mitosis-detector"
+    version = "classical-1"
+
+    def __init__(self, min_score: float | None = None) -> None:
+        self.min_score = min_score
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        return detect_mitoses(image) if self.min_score is None else detect_mitoses(image, min_score=self.min_score)
+
+
 class MitosisPolicy:
     """The `local` policy: a classical detector of dividing cells, in process.
 
@@ -125,9 +150,11 @@ class MitosisPolicy:
         min_score: float | None = None,
         target_mean_frac: float = 0.08,
         min_power: float = 5.0,
+        detector: MitosisDetector | None = None,
     ) -> None:
-        self.name = "mitosis-detector"
-        self.version = "classical-1"
+        self.detector = detector if detector is not None else ClassicalDetector(min_score)
+        self.name = self.detector.name
+        self.version = self.detector.version
         self.channel = channel
         self.burst = burst
         self.burst_interval_s = burst_interval_s
@@ -154,7 +181,7 @@ class MitosisPolicy:
             if power < frame.light_power:
                 actions.append(SetLightPower(power=power))
                 self._power_set = True
-        hits = detect_mitoses(img) if self.min_score is None else detect_mitoses(img, min_score=self.min_score)
+        hits = self.detector(img)
         now = frame.acquired_at.timestamp()
         if hits and self._bursting_until.get(frame.p, 0.0) < now:
             self._bursting_until[frame.p] = now + self.burst * self.burst_interval_s

