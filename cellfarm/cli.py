@@ -183,6 +183,57 @@ def catalog(path: Annotated[Path, typer.Argument(help="DuckDB database file to w
 
 
 @app.command()
+def train(
+    kind: Annotated[str | None, typer.Argument(help="Model kind (see --list)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Atlas dataset name or id in the lake")] = None,
+    holdout_perturbations: Annotated[
+        str | None, typer.Option(help="Comma-separated perturbations to hold out [default: a seeded fraction]")
+    ] = None,
+    holdout_fraction: Annotated[float, typer.Option(help="Fraction held out when none are named")] = 0.2,
+    split: Annotated[str, typer.Option(help="perturbation | cells | replicate")] = "perturbation",
+    workers: Annotated[int, typer.Option(help="Ray Train workers (data parallel) for learned models")] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="A Ray cluster [default: a local Ray]")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Registry name [default: the kind]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (learned models)")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the model")] = 0,
+    list_kinds: Annotated[bool, typer.Option("--list", help="Print the trainable kinds, one per line")] = False,
+) -> None:
+    """Train a model on a dataset's training split and register it as a candidate version."""
+    from models import kinds
+    from models import train as train_model
+
+    if list_kinds:
+        for k in kinds():
+            out.print(k, highlight=False)
+        return
+    if kind is None or dataset is None:
+        raise lake.InvalidInputError("train needs KIND and --dataset (or --list)")
+    if split not in ("perturbation", "cells", "replicate"):
+        raise lake.InvalidInputError(f"--split must be perturbation, cells or replicate, not {split!r}")
+    holdout = [p.strip() for p in holdout_perturbations.split(",") if p.strip()] if holdout_perturbations else None
+    params: dict[str, Any] = {"epochs": epochs} if epochs is not None else {}
+    with err.status(f"training {kind} on {dataset}"):
+        record = train_model(
+            state.lake(),
+            kind,
+            dataset,
+            holdout=holdout,
+            fraction=holdout_fraction,
+            split=split,  # type: ignore[arg-type]
+            seed=seed,
+            workers=workers,
+            ray_address=ray_address,
+            name=name,
+            params=params,
+        )
+    held = record.trained_on.get("split", {}).get("test_perturbations", [])
+    err.print(f"[bold green]registered[/] {record.ref} ({record.kind}); held out: {', '.join(held)}", highlight=False)
+    out.print(record.ref, highlight=False)
+
+
+@app.command()
 def demo(
     data: Annotated[
         Path | None, typer.Option(help="Folder of the shared data [default: ../shared/data when present]")
@@ -199,6 +250,13 @@ def main() -> None:
     try:
         app()
     except lake.LakeError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except Exception as e:
+        from models import ModelError
+
+        if not isinstance(e, ModelError):
+            raise
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
