@@ -6,6 +6,7 @@ Imports `lake` only (never bentoml or dagster).
 
 from models._base import KINDS, PerturbationModel, load_model, predict_cells
 from models._baselines import Additive, ControlMean, Linear, PerturbationMean
+from models._celleval import VCC_METRICS, CellEvalResult, normalized_score, run_cell_eval
 from models._data import CONTROL, PerturbData, Snapshot, iter_cell_batches, load_perturb_data, log_normalize
 from models._errors import (
     ArtifactError,
@@ -24,8 +25,10 @@ __all__ = [
     "BASELINES",
     "CONTROL",
     "KINDS",
+    "VCC_METRICS",
     "Additive",
     "ArtifactError",
+    "CellEvalResult",
     "ControlMean",
     "GeneFeatures",
     "InvalidTrainingDataError",
@@ -49,10 +52,12 @@ __all__ = [
     "load_perturb_data",
     "log_normalize",
     "make_split",
+    "normalized_score",
     "parse_ref",
     "predict_cells",
     "register",
     "resolve",
+    "run_cell_eval",
     "set_stage",
     "split_targets",
     "train",
