@@ -204,7 +204,7 @@ def load_perturb_data(target: lake.Lake, dataset: str) -> PerturbData:
         )
     if not control.any():
         raise InvalidTrainingDataError(f"dataset {dataset!r} has no control cells: effects cannot be measured")
-    labels = np.where(control, CONTROL, np.where(pd_isnull(pert), "", pert)).astype(str)
+    labels = np.where(control, CONTROL, np.where(_isnull(pert), "", pert)).astype(str)
     keep = labels != ""  # a perturbed cell with no target recorded is unusable for training
     symbols = genes["symbol"].to_numpy(zero_copy_only=False)
     ids = genes["ensembl_id"].to_numpy(zero_copy_only=False).astype(str)
@@ -213,7 +213,7 @@ def load_perturb_data(target: lake.Lake, dataset: str) -> PerturbData:
         labels[keep],
         rep[keep].astype(str),
         ids,
-        np.where(pd_isnull(symbols), ids, symbols).astype(str),
+        np.where(_isnull(symbols), ids, symbols).astype(str),
         dataset_id=did,
         snapshot=Snapshot((did,), ts, versions),
     )
@@ -222,7 +222,7 @@ def load_perturb_data(target: lake.Lake, dataset: str) -> PerturbData:
     return data
 
 
-def pd_isnull(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+def _isnull(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
     return np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values.tolist()], dtype=bool)
 
 

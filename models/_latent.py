@@ -23,6 +23,7 @@ from torch import nn
 
 from models._base import PerturbationModel, register_kind
 from models._data import PerturbData
+from models._device import default_device
 from models._errors import ArtifactError, InvalidTrainingDataError
 
 __all__ = ["LatentNet", "LatentShift", "TrainArrays", "fit_epochs"]
@@ -31,10 +32,6 @@ F32 = npt.NDArray[np.float32]
 TrainArrays = dict[str, npt.NDArray[Any]]
 # called after each epoch with (epoch, metrics, state_dict); returns nothing (Ray reports a checkpoint here)
 EpochHook = Callable[[int, dict[str, float], dict[str, Any]], None]
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class LatentNet(nn.Module):
@@ -175,7 +172,7 @@ class LatentShift(PerturbationModel):
         self.train_arrays = self.prepare(train)
         if self.params.get("defer_training"):
             return  # trained on Ray by `models.train`, which sets `net` afterwards
-        net = self.new_net().to(device())
+        net = self.new_net().to(default_device())
         self.fit_metrics = fit_epochs(
             net,
             self.train_arrays,

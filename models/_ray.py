@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import torch
 
-from models._latent import LatentShift, TrainArrays, device, fit_epochs
+from models._latent import LatentShift, TrainArrays, fit_epochs
 
 __all__ = ["ray_session", "train_latent_on_ray"]
 
@@ -125,7 +125,7 @@ def train_latent_on_ray(
         state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
     net = model.new_net()
     net.load_state_dict(state["model"])
-    model.net = net.to(device()).cpu().eval()
+    model.net = net.eval()
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     model.fit_metrics = metrics
     return metrics

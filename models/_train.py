@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 import lake
 from models import _baselines, _latent  # noqa: F401  (importing registers their kinds)
@@ -49,7 +49,7 @@ def train(
     ray_address: str | None = None,
     name: str | None = None,
     params: dict[str, Any] | None = None,
-    on_missing_features: str = "fallback",
+    on_missing_features: Literal["fallback", "error"] = "fallback",
 ) -> ModelRecord:
     """Train one model and register it as a `candidate` version; returns its registry record."""
     model = _new(kind, dict(params or {}, seed=seed) if kind == "latent-shift" else dict(params or {}))
