@@ -10,11 +10,12 @@ from acquisition._feed import EventFeed
 from acquisition._feedback import FeedbackLoop
 from acquisition._images_ingest import ImageIngest, ingest_images
 from acquisition._microscope import Microscope, open_config, open_twin
-from acquisition._mitosis import Detection, detect_mitoses
+from acquisition._mitosis import Detection, DetectionLike, detect_mitoses
 from acquisition._plan import check_stage_limits, default_plan, load_plan
 from acquisition._policy import (
     Action,
     ClassicalDetector,
+    DetectorFactory,
     FeedbackPolicy,
     FrameView,
     MitosisDetector,
@@ -37,6 +38,8 @@ __all__ = [
     "AutofocusResult",
     "ClassicalDetector",
     "Detection",
+    "DetectionLike",
+    "DetectorFactory",
     "EventFeed",
     "FeedbackLoop",
     "FeedbackPolicy",

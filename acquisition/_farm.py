@@ -15,18 +15,23 @@ import lake
 from acquisition._agent import Agent, RunResult
 from acquisition._microscope import Microscope, open_config, open_twin
 from acquisition._plan import default_plan, load_plan
-from acquisition._policy import FeedbackPolicy, MitosisPolicy
+from acquisition._policy import DetectorFactory, FeedbackPolicy, MitosisPolicy
 
 __all__ = ["AgentSpec", "PolicyName", "make_policy", "run_agent", "run_farm"]
 
 PolicyName = Literal["none", "local", "remote"]
 
 
-def make_policy(name: PolicyName, *, url: str | None = None) -> FeedbackPolicy | None:
+def make_policy(
+    name: PolicyName, *, url: str | None = None, detector: DetectorFactory | None = None
+) -> FeedbackPolicy | None:
+    """The policy an agent runs; `detector` builds the `local` policy's detector (None: the classical one)."""
+    if detector is not None and name != "local":
+        raise lake.InvalidInputError(f"a mitosis detector is for --policy local, not --policy {name}")
     if name == "none":
         return None
     if name == "local":
-        return MitosisPolicy()
+        return MitosisPolicy(detector=detector() if detector is not None else None)
     from acquisition._remote import RemotePolicy
 
     if not url:
@@ -44,6 +49,9 @@ class AgentSpec:
     plan: str | None = None
     policy: PolicyName = "none"
     policy_url: str | None = None
+    # The `local` policy's detector, built in the agent's process (a picklable factory: see `DetectorFactory`);
+    # None: the classical one. The command line resolves `--detector REF` from the model registry into it.
+    detector: DetectorFactory | None = None
     seed: int = 0
     twin_options: tuple[tuple[str, Any], ...] = ()
 
@@ -61,7 +69,7 @@ class AgentSpec:
 def run_agent(spec: AgentSpec, *, on_frame: Callable[[int], None] | None = None) -> RunResult:
     target = lake.Lake.open(spec.lake_root)
     plan = spec.load_plan()  # parse errors first: nothing is opened or written for a bad plan
-    policy = make_policy(spec.policy, url=spec.policy_url)
+    policy = make_policy(spec.policy, url=spec.policy_url, detector=spec.detector)
     microscope = spec.open_microscope()
     try:
         return Agent(target, microscope, microscope_id=spec.microscope_id, policy=policy, on_frame=on_frame).run(plan)

@@ -21,13 +21,13 @@ a few pixels' radius.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-__all__ = ["Detection", "detect_mitoses"]
+__all__ = ["Detection", "DetectionLike", "detect_mitoses"]
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -40,6 +40,25 @@ class Detection:
     x: float
     score: float
     area_px: int
+
+
+class DetectionLike(Protocol):
+    """What a policy reads from a detection: `Detection`, or any detector's own record with these fields.
+
+    Structural, so that a detector from another package (the trained imaging model) need not import this one.
+    """
+
+    @property
+    def y(self) -> float: ...
+
+    @property
+    def x(self) -> float: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def area_px(self) -> int: ...
 
 
 def _interp_matrix(n_out: int, n_in: int) -> npt.NDArray[np.float32]:

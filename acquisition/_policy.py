@@ -6,18 +6,21 @@ returns actions. Actions are pydantic models, so the same objects travel in proc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field, TypeAdapter
 
-from acquisition._mitosis import Detection, detect_mitoses
+from acquisition._mitosis import Detection, DetectionLike, detect_mitoses
 
 __all__ = [
     "Action",
     "ClassicalDetector",
+    "DetectorFactory",
     "FeedbackPolicy",
     "FrameView",
     "MitosisDetector",
@@ -111,12 +114,23 @@ class FeedbackPolicy(Protocol):
 
 @runtime_checkable
 class MitosisDetector(Protocol):
-    """Finds dividing cells in a 2-D frame; the extension point for trained imaging models."""
+    """Finds dividing cells in a 2-D frame; the extension point for trained imaging models.
+
+    `name` and `version` are what the `decisions` rows record as the deciding model (a registered model's
+    name and registry version), so that every action traces back to the model behind it.
+    """
 
     name: str
     version: str
 
-    def __call__(self, image: np.ndarray) -> list[Detection]: ...
+    def __call__(self, image: np.ndarray) -> Sequence[DetectionLike]: ...
+
+
+# Builds the detector inside the agent's process. Plain data crosses to spawned agents, so this must pickle:
+# a module-level function or a `functools.partial` of one (e.g. loading a registered model's artifact).
+# Acquisition never imports the models package: the command line, which may, resolves a registry reference
+# into such a factory and hands it over in the `AgentSpec`.
+DetectorFactory: TypeAlias = Callable[[], MitosisDetector]
 
 
 class ClassicalDetector:
@@ -132,13 +146,33 @@ class ClassicalDetector:
         return detect_mitoses(image) if self.min_score is None else detect_mitoses(image, min_score=self.min_score)
 
 
+def _nuclei_above_noise(img: npt.NDArray[Any]) -> bool:
+    """Whether compact bright blocks stand above the noise: a dim field with cells is not an empty one.
+
+    A frame of a few photo-electrons per pixel shows no contrast on the full scale, yet a learned detector
+    still finds mitoses in it. 8 x 8 block means are 8 times less noisy than pixels, so a nucleus stands
+    well above their noise, while noise alone almost never reaches 5 sigmas.
+    """
+    k = 8
+    h, w = img.shape[0] // k, img.shape[1] // k
+    if h == 0 or w == 0:
+        return False
+    blocks = img[: h * k, : w * k].astype(np.float32).reshape(h, k, w, k).mean(axis=(1, 3))
+    blocks -= np.float32(np.median(blocks))
+    sigma = 1.4826 * float(np.median(np.abs(blocks)))
+    bright = int(np.count_nonzero(blocks > max(5.0 * sigma, 1e-3)))
+    return bright >= 4  # a nucleus covers a few blocks
+
+
 class MitosisPolicy:
-    """The `local` policy: a classical detector of dividing cells, in process.
+    """The `local` policy: a detector of dividing cells, in process.
 
     - a field with a dividing cell is revisited at a higher rate (a burst of `burst` time points);
     - frames much brighter than needed lower the light power (photons are dose: spare the cells);
     - a field with no cells is skipped for the rest of the run.
-    The trained imaging model of the models issue replaces the detector behind the same protocol.
+    The detector is the classical one unless another `MitosisDetector` is given (the trained imaging model,
+    built in the agent's process from `AgentSpec.detector`); its name and version are the policy's, and so
+    the `model` and `model_version` of every `decisions` row.
     """
 
     def __init__(
@@ -173,7 +207,7 @@ class MitosisPolicy:
         actions: list[Any] = []
         hi = float(np.percentile(img[::4, ::4], 99.5))
         lo = float(np.median(img[::4, ::4]))
-        if hi - lo < 0.01 * full:  # nothing above background: an empty field
+        if hi - lo < 0.01 * full and not _nuclei_above_noise(img):  # nothing above background: an empty field
             return [SkipPosition(p=frame.p)]
         if not self._power_set and frame.light_power and hi > 0.5 * full:
             # bright enough to halve the light and keep the cells' signal well above noise

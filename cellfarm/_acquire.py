@@ -9,11 +9,44 @@ from typing import Any
 from rich.console import Console
 
 import lake
-from acquisition import AgentSpec, RunResult, load_plan, run_agent, run_farm
+from acquisition import AgentSpec, DetectorFactory, PolicyName, RunResult, load_plan, run_agent, run_farm
 from acquisition._plan import default_plan
 from cellfarm._progress import RichProgress
 
-__all__ = ["run_acquire"]
+__all__ = ["CLASSICAL", "choose_detector", "run_acquire"]
+
+CLASSICAL = "classical"  # `--detector classical`: the built-in detector, whatever the registry holds
+
+
+def choose_detector(target: lake.Lake, policy: PolicyName, ref: str | None, console: Console) -> DetectorFactory | None:
+    """The `local` policy's detector for `--detector REF`, as a factory the agent processes call; None: classical.
+
+    Without `--detector`, the registry's production `mitosis-cnn` when the lake has one, else the classical
+    detector, with a one-line notice. Only production, never the latest candidate: an unvetted model does not
+    steer a microscope unless the operator names it (`--detector mitosis-cnn:latest`, or a version). The
+    detector is loaded here once, so a bad reference or a broken artifact fails with one line before anything
+    runs. This layer may import `models`; `acquisition` may not, hence the factory.
+    """
+    if ref is not None and policy != "local":
+        raise lake.InvalidInputError(f"--detector is for --policy local, not --policy {policy}")
+    if policy != "local" or ref == CLASSICAL:
+        return None
+    from models import ModelNotFoundError
+    from models.imaging import KIND, detector_factory, resolve_detector
+
+    try:
+        record = resolve_detector(target, ref if ref is not None else f"{KIND}:production")
+    except ModelNotFoundError as e:
+        if ref is not None:
+            raise
+        console.print(
+            f"--policy local: the classical detector ({e}; name one with --detector)", highlight=False, soft_wrap=True
+        )
+        return None
+    factory = detector_factory(record)
+    factory()  # fails now, with one line, rather than in every agent
+    console.print(f"--policy local: detector {record.ref} ({record.stage})", highlight=False, soft_wrap=True)
+    return factory
 
 
 def _expected_frames(spec: AgentSpec) -> int:

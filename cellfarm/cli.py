@@ -123,21 +123,30 @@ def acquire(
     policy_url: Annotated[str | None, typer.Option(help="URL of the served imaging model (--policy remote)")] = None,
     microscope_id: Annotated[str | None, typer.Option(help="Name of the microscope [default: twin / mm]")] = None,
     seed: Annotated[int, typer.Option(help="The twin's sample seed (agent k gets seed+k)")] = 0,
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="--policy local's mitosis detector: a registered model (mitosis-cnn:production, mitosis-cnn:3, "
+            "mitosis-cnn:latest) or 'classical' [default: the production mitosis-cnn if any, else classical]"
+        ),
+    ] = None,
 ) -> None:
     """Run acquisition agents: frames stream into OME-Zarr and the frames table as they are taken."""
     from acquisition import AgentSpec
-    from cellfarm._acquire import check_microscopes, run_acquire
+    from cellfarm._acquire import check_microscopes, choose_detector, run_acquire
 
     if twin and config is not None:
         raise lake.InvalidInputError("choose one microscope: --twin or --config, not both")
     check_microscopes(microscopes)
+    target = state.lake()
     spec = AgentSpec(
-        lake_root=state.lake().root,
+        lake_root=target.root,
         microscope_id=microscope_id or ("mm" if config else "twin"),
         config=str(config) if config else None,
         plan=str(plan) if plan else None,
         policy=policy.value,
         policy_url=policy_url,
+        detector=choose_detector(target, policy.value, detector, err),
         seed=seed,
     )
     if not run_acquire(spec, microscopes=microscopes, console=err):
@@ -199,6 +208,10 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs (learned models)")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the model")] = 0,
     list_kinds: Annotated[bool, typer.Option("--list", help="Print the trainable kinds, one per line")] = False,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="First search lr and sizes with Ray Tune (validation split of train)")
+    ] = False,
+    tune_trials: Annotated[int, typer.Option(help="Trials of the --tune search")] = 4,
 ) -> None:
     """Train a model on a dataset's training split and register it as a candidate version."""
     from models import kinds
@@ -227,10 +240,56 @@ def train(
             ray_address=ray_address,
             name=name,
             params=params,
+            tune=tune,
+            tune_trials=tune_trials,
         )
     held = record.trained_on.get("split", {}).get("test_perturbations", [])
     err.print(f"[bold green]registered[/] {record.ref} ({record.kind}); held out: {', '.join(held)}", highlight=False)
     out.print(record.ref, highlight=False)
+
+
+@app.command()
+def evaluate(
+    ref: Annotated[str, typer.Argument(metavar="MODEL[:VERSION]", help="A registered model (newest version if none)")],
+    baselines: Annotated[
+        str | None, typer.Option(help="Comma-separated baselines [default: all; control-mean is always included]")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="A Ray cluster [default: a local Ray]")
+    ] = None,
+) -> None:
+    """Run cell-eval on the model's held-out perturbations, for the model and every baseline, into the lake."""
+    from cellfarm._models import print_evaluation
+    from models import BASELINES
+    from models import evaluate as evaluate_model
+
+    chosen = [b.strip() for b in baselines.split(",") if b.strip()] if baselines else list(BASELINES)
+    with RichProgress(err) as progress:
+        result = evaluate_model(state.lake(), ref, baselines=chosen, ray_address=ray_address, progress=progress)
+    print_evaluation(result, out, err)
+
+
+@app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(metavar="MODEL:VERSION", help="The evaluated model version to promote")],
+) -> None:
+    """Move a model version to production if it beats the control-mean baseline on its held-out perturbations."""
+    from models import promote as promote_model
+
+    verdict = promote_model(state.lake(), ref)
+    err.print(f"[bold green]promoted[/] {verdict.record.ref} to production: {verdict.explain()}", highlight=False)
+    out.print(verdict.record.ref, highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 3000,
+) -> None:
+    """Serve the production models: VirtualCell (in-silico experiments) and Feedback (microscopes), one port."""
+    from serving._cli import serve as run_server
+
+    run_server(state.lake(), host=host, port=port, console=err)
 
 
 @app.command()

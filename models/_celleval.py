@@ -41,6 +41,7 @@ expression metrics; `pds` = discrimination_score_l1. `anndata` and `pds` skip th
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import math
@@ -64,20 +65,33 @@ from cell_eval._types import MetricBestValue
 from cell_eval.utils import guess_is_lognorm
 
 from models._errors import InvalidTrainingDataError
+from models._vcc import VCC_METRICS
 
-__all__ = ["VCC_METRICS", "CellEvalResult", "Profile", "normalized_score", "run_cell_eval"]
+__all__ = ["VCC_METRICS", "CellEvalResult", "Profile", "margins", "normalized_score", "run_cell_eval"]
 
 logger = logging.getLogger(__name__)
 
 Profile = Literal["full", "minimal", "vcc", "de", "anndata", "pds"]
-VCC_METRICS: tuple[str, ...] = ("overlap_at_N", "discrimination_score_l1", "mae")
-"""The three metrics of the Virtual Cell Challenge score (DES, PDS, MAE)."""
 
 PER_PERTURBATION_SCHEMA = pa.schema([("perturbation", pa.string()), ("metric", pa.string()), ("value", pa.float64())])
 _NO_DE_PROFILES = frozenset({"anndata", "pds"})
 # Modules whose progress bars would write to stderr on every call.
 _TQDM_MODULES = ("cell_eval._types._anndata", "pdex")
 _T = TypeVar("_T")
+# cell-eval's DE (pdex, numba-mwu) and clustering (umap, pynndescent) JIT-compile about 15 s of kernels in every
+# new process, uncached; the Ray tasks of an evaluation are new processes. Turning numba's on-disk cache on for
+# those kernels compiles them once per machine.
+_JIT_MODULES = (
+    "numba_mwu",
+    "pdex._math",
+    "umap.umap_",
+    "umap.utils",
+    "umap.sparse",
+    "umap.distances",
+    "pynndescent.utils",
+    "pynndescent.distances",
+    "pynndescent.sparse",
+)
 _Labels = np.ndarray[Any, np.dtype[np.str_]]
 
 
@@ -120,6 +134,7 @@ def run_cell_eval(
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     start = time.perf_counter()
+    _cache_numba_kernels()
     real_in, pred_in, perts = _prepare(real, pred, pert_col=pert_col, control=control, allow_discrete=allow_discrete)
     with contextlib.ExitStack() as stack:
         if outdir is None:
@@ -187,6 +202,51 @@ def normalized_score(
         scored = score_agg_metrics(_agg_frame(model.summary, names), _agg_frame(baseline.summary, names))
     values = dict(zip(scored["metric"].to_list(), scored["from_baseline"].to_list(), strict=True))
     return {str(m): float(v) for m, v in values.items()}
+
+
+def margins(
+    model: dict[str, float], baseline: dict[str, float], *, metrics: Sequence[str] = VCC_METRICS
+) -> dict[str, float]:
+    """How far `model` is ahead of `baseline` on each metric, signed, and their `mean`.
+
+    The normalisation of `normalized_score` (best-is-0: `1 - model/baseline`; best-is-1:
+    `(model - baseline)/(1 - baseline)`) without its clipping at 0, so a loss on one metric is not hidden by a
+    win on another: the promotion gate asks for a positive `mean`. A metric either side lacks (NaN) counts 0.
+    """
+    bad = [m for m in metrics if not _normalisable(m)]
+    if bad:
+        raise InvalidTrainingDataError(f"cell-eval has no baseline normalisation for {', '.join(bad)}")
+    out: dict[str, float] = {}
+    for m in metrics:
+        mv, bv = float(model.get(m, math.nan)), float(baseline.get(m, math.nan))
+        if math.isnan(mv) or math.isnan(bv):
+            out[m] = 0.0
+            continue
+        if metrics_registry.get_metric(m).best_value == MetricBestValue.ZERO:
+            out[m] = 1.0 - mv / bv if bv > 0 else (0.0 if mv <= 0 else -1.0)
+        else:
+            out[m] = (mv - bv) / (1.0 - bv) if bv < 1 else (0.0 if mv >= 1 else mv - bv)
+    out["mean"] = float(np.mean([out[m] for m in metrics])) if metrics else 0.0
+    return out
+
+
+@functools.cache
+def _cache_numba_kernels() -> int:
+    """Enable numba's on-disk cache for cell-eval's uncached kernels (once per process); returns how many."""
+    from numba.core.caching import NullCache
+    from numba.core.registry import CPUDispatcher
+
+    enabled = 0
+    for name in _JIT_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an optional dependency of cell-eval that is absent: nothing to cache
+            continue
+        for value in vars(module).values():
+            if isinstance(value, CPUDispatcher) and isinstance(getattr(value, "_cache", None), NullCache):
+                value.enable_caching()
+                enabled += 1
+    return enabled
 
 
 def _prepare(
@@ -343,6 +403,10 @@ def _quiet(num_threads: int | None) -> Iterator[None]:
     threads = int(numba.get_num_threads()) if num_threads is not None else None
     patched: list[tuple[Any, Any]] = []
     caught: list[warnings.WarningMessage] = []
+    # cell-eval logs a WARNING per matrix with infinite fold changes (a gene absent from one side): expected here
+    quiet_logger = logging.getLogger("cell_eval")
+    level = quiet_logger.level
+    quiet_logger.setLevel(logging.ERROR)
     try:
         for name in _TQDM_MODULES:
             module: Any = importlib.import_module(name)
@@ -353,6 +417,7 @@ def _quiet(num_threads: int | None) -> Iterator[None]:
             warnings.simplefilter("always")
             yield
     finally:
+        quiet_logger.setLevel(level)
         for module, original in patched:
             module.tqdm = original
         if threads is not None:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+from deltalake.exceptions import DeltaError
 
 import lake
 from models._errors import InvalidTrainingDataError
@@ -42,6 +43,16 @@ class Snapshot:
         out = asdict(self)
         out["dataset_ids"] = list(self.dataset_ids)
         return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Snapshot:
+        """The snapshot a registry row's `trained_on` recorded (extra keys are ignored)."""
+        ts = d.get("soma_timestamp")
+        return cls(
+            tuple(d.get("dataset_ids") or ()),
+            int(ts) if ts is not None else None,
+            {str(k): int(v) for k, v in (d.get("delta_versions") or {}).items()},
+        )
 
 
 def log_normalize(counts: sp.csr_matrix | npt.NDArray[Any]) -> F32:
@@ -144,7 +155,12 @@ class PerturbData:
         return names, out
 
 
-def _dataset_row(target: lake.Lake, dataset: str) -> dict[str, Any]:
+def _dataset_row(target: lake.Lake, dataset: str, *, version: int | None = None) -> dict[str, Any]:
+    if version is not None:  # a pinned read: the registry as it was
+        rows = target.read("datasets", version=version, filter=pc.field("dataset_id") == dataset).to_pylist()
+        if not rows:
+            raise InvalidTrainingDataError(f"dataset {dataset!r} is not in version {version} of `datasets`")
+        return cast(dict[str, Any], rows[0])
     row = target.find_dataset(name=dataset)
     if row is None:
         rows = target.read("datasets", filter=pc.field("dataset_id") == dataset)
@@ -162,13 +178,27 @@ def _dataset_genes(target: lake.Lake, dataset_id: str, *, version: int | None = 
     return rows.sort_by("soma_joinid")
 
 
-def load_perturb_data(target: lake.Lake, dataset: str) -> PerturbData:
-    """Read one atlas dataset (by name or id) from the SOMA experiment at the committed timestamp."""
+def load_perturb_data(target: lake.Lake, dataset: str, *, at: Snapshot | None = None) -> PerturbData:
+    """Read one atlas dataset (by name or id) from the SOMA experiment at the committed timestamp.
+
+    `at` reads exactly what a model was trained on: the `Snapshot` it recorded (its first dataset id, the
+    Delta table versions and the SOMA timestamp), whatever was ingested since.
+    """
     import tiledbsoma as soma
 
-    row = _dataset_row(target, dataset)
-    versions = {t: target.version(t) for t in _PINNED_TABLES}
-    ts = target.committed_soma_timestamp()
+    if at is not None:
+        if not at.dataset_ids:
+            raise InvalidTrainingDataError("the snapshot names no dataset")
+        versions = dict(at.delta_versions)
+        try:
+            row = _dataset_row(target, at.dataset_ids[0], version=versions.get("datasets"))
+        except (lake.LakeError, DeltaError) as e:  # e.g. the pinned Delta version was vacuumed away
+            raise InvalidTrainingDataError(f"the data snapshot is no longer readable: {e}") from None
+        ts = at.soma_timestamp
+    else:
+        row = _dataset_row(target, dataset)
+        versions = {t: target.version(t) for t in _PINNED_TABLES}
+        ts = target.committed_soma_timestamp()
     did = row["dataset_id"]
     genes = _dataset_genes(target, did, version=versions["dataset_genes"])
     var_ids = genes["soma_joinid"].to_numpy()
@@ -237,15 +267,49 @@ def iter_cell_batches(
 ) -> Iterator[tuple[F32, npt.NDArray[np.int64]]]:
     """Stream (log-normalised X, soma_joinids) mini-batches of one dataset, a block of cells at a time.
 
-    Memory stays at one block whatever the dataset's size; blocks (and cells within a block) are shuffled.
+    Memory stays at one block whatever the dataset's size (two while the next one is read ahead); blocks (and
+    cells within a block) are shuffled.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import tiledbsoma as soma
+
+    def locate(ids: npt.NDArray[np.int64]) -> tuple[Any, Any]:
+        # (SOMA coordinates, joinid -> position) for sorted unique `ids`. A dataset's cells and genes are
+        # mostly consecutive joinids (ingest appends dataset by dataset): a slice reads a range instead of
+        # setting thousands of points, and positions are an offset, not a binary search over every nonzero.
+        if len(ids) == 0:
+            return ids, lambda j: j
+        first, span = int(ids[0]), int(ids[-1]) - int(ids[0]) + 1
+        if span == len(ids):
+            return slice(first, first + span - 1), lambda j: j - first  # SOMA slices include both ends
+        if span <= 4 * len(ids):  # a small gap-filled lookup table beats searchsorted on millions of values
+            table = np.full(span, -1, np.int64)
+            table[ids - first] = np.arange(len(ids))
+            return ids, lambda j: table[j - first]
+        return ids, lambda j: np.searchsorted(ids, j)
 
     row = _dataset_row(target, dataset)
     ts = target.committed_soma_timestamp()
     did = row["dataset_id"]
     var = _dataset_genes(target, did)["soma_joinid"].to_numpy()
+    var_coords, var_pos = locate(var)
     rng = np.random.default_rng(seed)
+
+    def read_block(X: Any, block: npt.NDArray[np.int64]) -> sp.csr_matrix:
+        # one SOMA read per block, normalised while sparse (log_normalize's maths, in place on the nonzeros):
+        # densifying the whole block first costs block x genes floats and a copy for every mini-batch
+        coords, pos = locate(block)
+        coo = X.read(coords=(coords, var_coords)).tables().concat()
+        data = coo["soma_data"].to_numpy().astype(np.float32, copy=False)
+        r, c = pos(coo["soma_dim_0"].to_numpy()), var_pos(coo["soma_dim_1"].to_numpy())
+        csr = sp.csr_matrix((data, (r, c)), shape=(len(block), len(var)))
+        totals = np.asarray(csr.sum(axis=1), dtype=np.float32).ravel()
+        scale = np.divide(np.float32(TARGET_SUM), totals, out=np.zeros_like(totals), where=totals > 0)
+        csr.data *= np.repeat(scale, np.diff(csr.indptr))
+        np.log1p(csr.data, out=csr.data)
+        return csr
+
     with lake.open_experiment(target.settings.soma_uri, row.get("organism") or ORGANISM, timestamp=ts) as exp:
         with exp.axis_query("RNA", obs_query=soma.AxisQuery(value_filter=f"dataset_id == '{did}'")) as q:
             obs_ids = q.obs_joinids().to_numpy()
@@ -253,15 +317,16 @@ def iter_cell_batches(
         blocks = [obs_ids[i : i + block_cells] for i in range(0, len(obs_ids), block_cells)]
         if shuffle:
             rng.shuffle(blocks)
-        for block in blocks:
-            block = np.sort(block)
-            coo = X.read(coords=(block, var)).tables().concat()
-            r = np.searchsorted(block, coo["soma_dim_0"].to_numpy())
-            c = np.searchsorted(var, coo["soma_dim_1"].to_numpy())
-            dense = log_normalize(
-                sp.csr_matrix((coo["soma_data"].to_numpy().astype(np.float32), (r, c)), shape=(len(block), len(var)))
-            )
-            order = rng.permutation(len(block)) if shuffle else np.arange(len(block))
-            for i in range(0, len(block), batch_size):
-                sel = order[i : i + batch_size]
-                yield dense[sel], block[sel]
+        blocks = [np.sort(b) for b in blocks]
+        # read ahead one block on a thread (TileDB and scipy release the GIL) while this one is yielded; leaving
+        # the pool's `with` waits for it, so an abandoned generator never reads from a closed experiment
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead: Future[sp.csr_matrix] | None = pool.submit(read_block, X, blocks[0]) if blocks else None
+            for k, block in enumerate(blocks):
+                assert ahead is not None
+                csr = ahead.result()
+                ahead = pool.submit(read_block, X, blocks[k + 1]) if k + 1 < len(blocks) else None
+                order = rng.permutation(len(block)) if shuffle else np.arange(len(block))
+                for i in range(0, len(block), batch_size):
+                    sel = order[i : i + batch_size]
+                    yield np.asarray(csr[sel].toarray(), dtype=np.float32), block[sel]

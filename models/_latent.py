@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from models._data import PerturbData
 from models._device import default_device
 from models._errors import ArtifactError, InvalidTrainingDataError
 
-__all__ = ["LatentNet", "LatentShift", "TrainArrays", "fit_epochs"]
+__all__ = ["LatentNet", "LatentShift", "TrainArrays", "fit_epochs", "new_latent_net", "predict_shift"]
 
 F32 = npt.NDArray[np.float32]
 TrainArrays = dict[str, npt.NDArray[Any]]
@@ -45,6 +46,22 @@ class LatentNet(nn.Module):
         """controls (B, m, genes), features (B, f) -> (shifted decoding, plain reconstruction), each (B, m, genes)."""
         z = self.enc(controls)
         return self.dec(z + self.shift(features)[:, None, :]), self.dec(z)
+
+
+def new_latent_net(n_genes: int, n_features: int, *, latent: int, hidden: int, seed: int) -> LatentNet:
+    """A fresh net with seeded initial weights (every Ray worker builds the same one)."""
+    torch.manual_seed(seed)
+    return LatentNet(n_genes, n_features, latent=latent, hidden=hidden)
+
+
+def predict_shift(net: nn.Module, reference: F32, features: F32) -> F32:
+    """Predicted effects, one row per row of standardised `features`: the mean of decoded(shifted) minus
+    decoded(unshifted) over the reference control cells, so the autoencoder's own bias cancels."""
+    net = net.eval()
+    with torch.no_grad():
+        ref = torch.from_numpy(reference)[None].expand(len(features), -1, -1)
+        shifted, plain = net(ref, torch.from_numpy(features))
+        return np.asarray((shifted.mean(1) - plain.mean(1)).numpy(), np.float32)
 
 
 def fit_epochs(
@@ -158,14 +175,27 @@ class LatentShift(PerturbationModel):
         return {
             "X": np.ascontiguousarray(train.X[keep]),
             "pert_index": pert_index[keep],
-            "features": ((F - self.f_mu) / self.f_sd).astype(np.float32),
+            "features": self.standardise(F),
         }
 
+    def standardise(self, features: F32) -> F32:
+        """Raw gene features -> the standardised input of the shift network (training statistics)."""
+        return ((features - self.f_mu) / self.f_sd).astype(np.float32)
+
     def new_net(self) -> LatentNet:
+        return self.net_factory()()
+
+    def net_factory(self) -> Callable[[], LatentNet]:
+        """A small picklable constructor of a fresh, seeded net: what Ray workers get instead of the whole model
+        (which carries every training cell)."""
         assert self.features is not None
-        torch.manual_seed(int(self.params["seed"]))
-        return LatentNet(
-            len(self.gene_ids), self.features.dim, latent=int(self.params["latent"]), hidden=int(self.params["hidden"])
+        return partial(
+            new_latent_net,
+            len(self.gene_ids),
+            self.features.dim,
+            latent=int(self.params["latent"]),
+            hidden=int(self.params["hidden"]),
+            seed=int(self.params["seed"]),
         )
 
     def _fit(self, train: PerturbData, names: list[str], deltas: F32) -> None:
@@ -187,11 +217,7 @@ class LatentShift(PerturbationModel):
         if self.net is None or self.features is None:
             raise InvalidTrainingDataError("latent-shift is not trained")
         F, missing = self.features.features(perturbations, on_missing="zeros")
-        net = self.net.eval()
-        with torch.no_grad():
-            ref = torch.from_numpy(self.reference)[None].expand(len(perturbations), -1, -1)
-            shifted, plain = net(ref, torch.from_numpy((F - self.f_mu) / self.f_sd))
-            out = (shifted.mean(1) - plain.mean(1)).numpy().astype(np.float32)
+        out = predict_shift(self.net, self.reference, self.standardise(F))
         for i, p in enumerate(perturbations):
             if p in missing:  # no features at all: the mean training effect, reported as a fallback
                 out[i] = self.mean_delta

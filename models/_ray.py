@@ -2,23 +2,28 @@
 
 Training is data parallel (`TorchTrainer`, DDP): each worker draws its own mini-batches (seeded by rank) and
 gradients are averaged. Rank 0 reports a checkpoint every epoch under `<lake>/_state/ray/<run>`; Ray Train
-resumes a run of the same name from its newest checkpoint, so a killed training continues where it stopped.
+(V2) restores a run of the same name and storage from the newest checkpoint in its snapshot, so a killed
+training continues where it stopped: the workers print "resuming from epoch k" and the fit metrics record
+`resumed_from_epoch` (0 for a fresh run).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import torch
 
 from models._latent import LatentShift, TrainArrays, fit_epochs
 
-__all__ = ["ray_session", "train_latent_on_ray"]
+__all__ = ["checkpointed_epoch", "pickled_by_value", "ray_session", "train_latent_on_ray"]
 
 
 def _resources() -> dict[str, float]:
@@ -46,6 +51,11 @@ def ray_session(address: str | None = None) -> Iterator[dict[str, Any]]:
         ray.shutdown()
 
 
+def _load_state(checkpoint: Any) -> dict[str, Any]:
+    with checkpoint.as_directory() as folder:
+        return cast(dict[str, Any], torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False))
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     import ray
     import ray.train
@@ -54,26 +64,35 @@ def _worker_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(config["threads"]))
     arrays: TrainArrays = ray.get(config["arrays"])
     net = config["net_factory"]()
-    start, opt_state = 0, None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as folder:
-            state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
-        net.load_state_dict(state["model"])
-        start, opt_state = int(state["epoch"]), state["optimizer"]
-    net = ray.train.torch.prepare_model(net)
     rank = ray.train.get_context().get_world_rank()
     epochs = int(config["epochs"])
+    start, opt_state, last = 0, None, {}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:  # Ray restored this run (same name and storage) from its newest checkpoint
+        state = _load_state(ckpt)
+        net.load_state_dict(state["model"])
+        start, opt_state, last = int(state["epoch"]), state["optimizer"], dict(state.get("metrics", {}))
+        if rank == 0:
+            print(f"[cellfarm train] resuming from epoch {start}/{epochs}", file=sys.stderr, flush=True)
+    resumed = {"resumed_from_epoch": float(start)}
+
+    def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        if rank != 0:  # one checkpoint per epoch is enough: rank 0's (DDP keeps the replicas equal)
+            ray.train.report({**metrics, **resumed})
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({**state, "metrics": metrics}, Path(folder) / "state.pt")
+            ray.train.report({**metrics, **resumed}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def on_epoch(epoch: int, metrics: dict[str, float], state: dict[str, Any]) -> None:
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        print(f"[cellfarm train] epoch {epoch}/{epochs} loss={metrics['loss']:.5f}", flush=True)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / "state.pt")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if rank == 0:
+            print(f"[cellfarm train] epoch {epoch}/{epochs} loss={metrics['loss']:.5f}", file=sys.stderr, flush=True)
+        report(metrics, state)
 
+    if start >= epochs:  # restored a finished run: report its last result again so the driver gets it
+        report(last, {"model": net.state_dict(), "optimizer": opt_state, "epoch": start})
+        return
+    net = ray.train.torch.prepare_model(net)
     fit_epochs(
         net,
         arrays,
@@ -85,6 +104,41 @@ def _worker_loop(config: dict[str, Any]) -> None:
         optimizer_state=opt_state,
         on_epoch=on_epoch,
     )
+
+
+def checkpointed_epoch(run_dir: Path) -> int:
+    """The epoch of the newest checkpoint that Ray Train would restore `run_dir` from (0: none).
+
+    Reads the run's checkpoint-manager snapshot, which Ray Train V2 writes after registering each reported
+    checkpoint and reads back when a run of the same name starts: a checkpoint folder alone is not enough.
+    """
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+    except (OSError, ValueError):
+        return 0
+    return int((latest.get("metrics") or {}).get("epoch", 0))
+
+
+@contextmanager
+def pickled_by_value(*modules: ModuleType) -> Iterator[None]:
+    """Ship the functions and classes of `modules` by value while a Ray run is set up.
+
+    Ray's train controller, its workers and Tune's trials unpickle the training loop; by reference that imports
+    the whole `models` package (the lake, cell-eval, scanpy: several seconds of CPU per process, the
+    controller's on the critical path) when the loop itself needs only torch and numpy.
+    """
+    from ray import cloudpickle
+
+    register = cast(Callable[[ModuleType], None], cloudpickle.register_pickle_by_value)
+    unregister = cast(Callable[[ModuleType], None], cloudpickle.unregister_pickle_by_value)
+    for module in modules:
+        register(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            unregister(module)
 
 
 def train_latent_on_ray(
@@ -102,11 +156,18 @@ def train_latent_on_ray(
 
     p = model.params
     cpus = max(int(_resources().get("CPU", 1)), 1)
+    saved = checkpointed_epoch(storage / run_name)
+    if saved:
+        print(
+            f"[cellfarm train] {run_name}: a checkpoint of epoch {saved} exists; resuming from it",
+            file=sys.stderr,
+            flush=True,
+        )
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={
             "arrays": ray.put(arrays),
-            "net_factory": model.new_net,
+            "net_factory": model.net_factory(),
             "epochs": int(p["epochs"]),
             "steps_per_epoch": int(p["steps_per_epoch"]),
             "lr": float(p["lr"]),
@@ -118,11 +179,11 @@ def train_latent_on_ray(
         ),
         run_config=RunConfig(name=run_name, storage_path=str(storage)),
     )
-    result = trainer.fit()
+    with pickled_by_value(sys.modules[__name__], sys.modules[fit_epochs.__module__]):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray training {run_name} ended without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=False)
+    state = _load_state(result.checkpoint)
     net = model.new_net()
     net.load_state_dict(state["model"])
     model.net = net.eval()

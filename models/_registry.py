@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pyarrow.compute as pc
 
@@ -20,10 +20,34 @@ import lake
 from models._base import PerturbationModel, load_model
 from models._errors import ModelNotFoundError
 
-__all__ = ["ModelRecord", "Stage", "artifact_dir", "list_models", "parse_ref", "register", "resolve", "set_stage"]
+__all__ = [
+    "ModelRecord",
+    "Registrable",
+    "Stage",
+    "artifact_dir",
+    "list_models",
+    "parse_ref",
+    "register",
+    "resolve",
+    "set_stage",
+]
 
 Stage = Literal["candidate", "production", "archived"]
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?::(?P<version>latest|\d+))?$")
+
+
+class Registrable(Protocol):
+    """What `register` needs of a model: a `PerturbationModel`, the imaging models, anything with these three."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def save(self, path: Path, /) -> Path:
+        """Write the artifact folder at `path` (atomically) and return it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -116,7 +140,7 @@ def resolve(target: lake.Lake, ref: str, *, stage: str | None = None) -> ModelRe
 
 def register(
     target: lake.Lake,
-    model: PerturbationModel,
+    model: Registrable,
     *,
     name: str,
     trained_on: dict[str, Any],

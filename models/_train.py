@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import lake
@@ -36,6 +38,21 @@ def _new(kind: str, params: dict[str, Any]) -> PerturbationModel:
     return KINDS[kind](**params)
 
 
+def _run_key(*parts: Any) -> str:
+    """A stable short hash of what a Ray run depends on: the same command on the same data gets the same run
+    (and so resumes it), anything else a fresh one."""
+    return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _fit_on_ray(model: PerturbationModel, *, workers: int, storage: Path, run_name: str) -> None:
+    from models._latent import LatentShift
+    from models._ray import train_latent_on_ray
+
+    assert isinstance(model, LatentShift)
+    assert model.train_arrays is not None
+    train_latent_on_ray(model, model.train_arrays, workers=workers, storage=storage, run_name=run_name)
+
+
 def train(
     target: lake.Lake,
     kind: str,
@@ -50,9 +67,21 @@ def train(
     name: str | None = None,
     params: dict[str, Any] | None = None,
     on_missing_features: Literal["fallback", "error"] = "fallback",
+    tune: bool = False,
+    tune_trials: int = 4,
 ) -> ModelRecord:
-    """Train one model and register it as a `candidate` version; returns its registry record."""
-    model = _new(kind, dict(params or {}, seed=seed) if kind == "latent-shift" else dict(params or {}))
+    """Train one model and register it as a `candidate` version; returns its registry record.
+
+    `tune`: first a small Ray Tune search of the learned model's hyperparameters, scored on validation
+    perturbations carved from the training split (`models._tune`); the best config then trains the model.
+    """
+    base = dict(params or {}, seed=seed) if kind == "latent-shift" else dict(params or {})
+    model = _new(kind, base)  # an unknown kind fails here, before any data is read
+    if tune and kind != "latent-shift":
+        what = "a baseline (nothing to tune)" if not model.learned else "not searchable yet"
+        raise InvalidTrainingDataError(f"--tune searches latent-shift's hyperparameters; {kind} is {what}")
+    if tune and tune_trials < 1:
+        raise InvalidTrainingDataError(f"--tune-trials must be 1 or more, not {tune_trials}")
     data = load_perturb_data(target, dataset)
     chosen = make_split(data, kind=split, holdout=holdout, fraction=fraction, seed=seed)
     train_set, _ = chosen.apply(data)
@@ -62,34 +91,35 @@ def train(
         raise InvalidTrainingDataError(
             f"{kind} cannot represent held-out perturbation(s) {', '.join(unrepresented)}: no gene features"
         )
+    snapshot = data.snapshot.to_dict() if data.snapshot else None
+    storage = target.settings.local_state_dir / "ray"
     learned_on_ray = model.learned and (workers > 1 or ray_address is not None)
-    if learned_on_ray:
-        model.params["defer_training"] = True
-    model.fit(train_set, features)
-    if learned_on_ray:
-        from models._latent import LatentShift
-        from models._ray import ray_session, train_latent_on_ray
+    metrics: dict[str, Any] = {}
+    with _ray_if(learned_on_ray or tune, ray_address):
+        if tune:
+            from models._tune import tune_latent
 
-        assert isinstance(model, LatentShift)
-        assert model.train_arrays is not None
-        model.params.pop("defer_training")
-        key = hashlib.sha256(
-            json.dumps(
-                [kind, dataset, data.snapshot.to_dict() if data.snapshot else None, chosen.to_dict(), model.params],
-                sort_keys=True,
-                default=str,
-            ).encode()
-        ).hexdigest()[:12]
-        with ray_session(ray_address):
-            train_latent_on_ray(
-                model,
-                model.train_arrays,
-                workers=workers,
-                storage=target.settings.local_state_dir / "ray",
-                run_name=f"{name or kind}-{key}",
+            key = _run_key(kind, dataset, snapshot, chosen.to_dict(), model.params, tune_trials)
+            outcome = tune_latent(
+                train_set,
+                features,
+                params=model.params,
+                trials=tune_trials,
+                seed=seed,
+                storage=storage,
+                run_name=f"tune-{name or kind}-{key}",
             )
+            model = _new(kind, {**base, **outcome.best})
+            metrics["tune"] = outcome.summary
+        if learned_on_ray:
+            model.params["defer_training"] = True
+        model.fit(train_set, features)
+        if learned_on_ray:
+            model.params.pop("defer_training")
+            key = _run_key(kind, dataset, snapshot, chosen.to_dict(), model.params)
+            _fit_on_ray(model, workers=workers, storage=storage, run_name=f"{name or kind}-{key}")
     trained_on = {
-        **(data.snapshot.to_dict() if data.snapshot else {}),
+        **(snapshot or {}),
         "dataset": dataset,
         "split": chosen.to_dict(),
         "n_train_cells": train_set.n_cells,
@@ -97,4 +127,14 @@ def train(
         "workers": workers if learned_on_ray else 1,
         "ray_address": ray_address,
     }
-    return register(target, model, name=name or kind, trained_on=trained_on, metrics={"fit": model.fit_metrics})
+    metrics = {"fit": model.fit_metrics, **metrics}
+    return register(target, model, name=name or kind, trained_on=trained_on, metrics=metrics)
+
+
+def _ray_if(needed: bool, address: str | None) -> AbstractContextManager[Any]:
+    """One Ray session for the whole command (the search and the final fit share it), only when needed."""
+    if not needed:
+        return nullcontext()
+    from models._ray import ray_session
+
+    return ray_session(address)

@@ -1,7 +1,9 @@
-"""Labelled frames from the digital-twin microscope: images and the centroids of the cells in mitosis.
+"""Labelled frames from a simulated plate: images and the centroids of the cells in mitosis.
 
-The twin (`acquisition.twin`) is needed only to generate data, so it is imported inside the functions: the
-rest of `models.imaging` (the network, the detector, loading a saved model) runs without it.
+The plates come from the digital twin (`acquisition.twin.TwinSample`), but `models` does not import
+`acquisition` (DESIGN.md: models import `lake` only): the caller hands in a `PlateFactory` that makes one
+plate per seed, and this module only asks it for what the `Plate` protocol names. The composition roots that
+may import both packages (`python -m models.imaging`, the `cellfarm` command line, tests) pass the twin.
 
 Centroids are (row, col) pixel coordinates in the frame. They include mitotic cells whose centre lies just
 outside the frame (within `MARGIN_UM`), which show partly at the edge: `evaluate` treats those as "don't care"
@@ -12,21 +14,55 @@ mark them too.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from acquisition.twin import TwinSample
-
-__all__ = ["MARGIN_UM", "LabelledFrames", "make_training_frames", "render_frames"]
+__all__ = ["MARGIN_UM", "LabelledFrames", "Plate", "PlateFactory", "make_training_frames", "render_frames"]
 
 MARGIN_UM = 10.0  # a mitotic nucleus (~3 µm radius) centred this far outside the frame can still show
 _PLATE_UM = 40_000.0  # fields are drawn from [-_PLATE_UM, _PLATE_UM]^2, inside the twin's default stage limits
 _FIELD_SPACING_UM = 1_200.0  # fields of one data set lie at least this far apart: no cell is imaged twice
+
+
+class Plate(Protocol):
+    """A simulated plate of cells on a sim clock (what `acquisition.twin.TwinSample` is), as training sees it."""
+
+    def now(self) -> float:
+        """Sim seconds since the plate was made."""
+        ...
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` of sim time pass."""
+        ...
+
+    def focal_plane_um(self, x_um: float, y_um: float) -> float:
+        """The focus at which the cells at (x, y) are sharp."""
+        ...
+
+    def cells_in_view(self, x_um: float, y_um: float, *, margin_um: float = ...) -> Mapping[str, npt.NDArray[Any]]:
+        """Ground truth of the field centred on (x, y): at least ``row``, ``col`` (pixels) and ``in_mitosis``."""
+        ...
+
+    def render(
+        self,
+        *,
+        x_um: float,
+        y_um: float,
+        z_um: float = ...,
+        exposure_ms: float | None = ...,
+        power_pct: float = ...,
+        light_on: bool = ...,
+    ) -> tuple[npt.NDArray[np.uint16], Any]:
+        """A nuclear-channel frame of that field (and anything else, ignored)."""
+        ...
+
+
+# (plate seed, frame size in pixels) -> a fresh, frozen-clock plate whose camera makes size x size frames.
+PlateFactory: TypeAlias = Callable[[int, int], Plate]
 
 
 @dataclass(frozen=True)
@@ -54,7 +90,7 @@ def _inside(c: npt.NDArray[np.float64], h: int, w: int) -> npt.NDArray[np.bool_]
     return (c[:, 0] >= 0) & (c[:, 0] < h) & (c[:, 1] >= 0) & (c[:, 1] < w)
 
 
-def _mitotic_centroids(sample: TwinSample, x_um: float, y_um: float) -> npt.NDArray[np.float64]:
+def _mitotic_centroids(sample: Plate, x_um: float, y_um: float) -> npt.NDArray[np.float64]:
     truth = sample.cells_in_view(x_um, y_um, margin_um=MARGIN_UM)
     m = truth["in_mitosis"]
     return np.stack([truth["row"][m], truth["col"][m]], axis=1).astype(np.float64).reshape(-1, 2)
@@ -90,6 +126,7 @@ def _pack(
 
 
 def render_frames(
+    plates: PlateFactory,
     *,
     twin_seed: int,
     n_frames: int,
@@ -99,14 +136,12 @@ def render_frames(
     sim_time_s: float = 6_000.0,
     size: int = 512,
 ) -> LabelledFrames:
-    """`n_frames` distinct fields of one twin plate at one sim time and one set of imaging settings.
+    """`n_frames` distinct fields of the plate `plates(twin_seed, size)` at one sim time and imaging settings.
 
     For evaluation: the same arguments give the same frames (fields are drawn from `twin_seed`), so two
     detectors can be scored on identical data, and settings can be compared field by field.
     """
-    from acquisition.twin import TwinConfig, TwinSample  # the twin is only needed to make data
-
-    sample = TwinSample(TwinConfig(seed=twin_seed, time_scale=0, width=size, height=size))
+    sample = plates(twin_seed, size)
     sample.advance(sim_time_s)
     rng = np.random.default_rng(np.random.SeedSequence([twin_seed, 0x5EED]))
     images, centroids, settings = [], [], []
@@ -125,6 +160,7 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def make_training_frames(
+    plates: PlateFactory,
     n_frames: int,
     *,
     twin_seeds: Sequence[int],
@@ -136,7 +172,7 @@ def make_training_frames(
     sim_time_s: tuple[float, float] = (2_000.0, 40_000.0),
     dark_fraction: float = 0.05,
 ) -> LabelledFrames:
-    """Frames with randomised imaging, spread over several twin plates, for training and validation.
+    """Frames with randomised imaging, spread over the plates `plates(seed, size)` of `twin_seeds`.
 
     Each frame draws its own light dose (power % x exposure ms, log-uniform in `light_dose`: from a barely
     visible frame, about one photo-electron per pixel of an interphase nucleus, to one where even interphase
@@ -146,20 +182,18 @@ def make_training_frames(
     crowded ones). A `dark_fraction` of the frames are taken with the light off (camera noise only, nothing
     to see): a blank field must not look like one full of dim mitoses. Deterministic in `seed`.
     """
-    from acquisition.twin import TwinConfig, TwinSample  # the twin is only needed to make data
-
     if not twin_seeds:
         raise ValueError("make_training_frames needs at least one twin seed")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1E]))
-    plates = [int(twin_seeds[k % len(twin_seeds)]) for k in range(n_frames)]
+    seed_of = [int(twin_seeds[k % len(twin_seeds)]) for k in range(n_frames)]
     times = rng.uniform(*sim_time_s, n_frames)
     fields = _fields(rng, n_frames)
     images: list[npt.NDArray[np.uint16]] = []
     centroids: list[npt.NDArray[np.float64]] = []
     settings: list[tuple[float, float, float, int]] = []
-    for tw in dict.fromkeys(plates):
-        sample = TwinSample(TwinConfig(seed=tw, time_scale=0, width=size, height=size))
-        mine = [k for k in range(n_frames) if plates[k] == tw]
+    for tw in dict.fromkeys(seed_of):
+        sample = plates(tw, size)
+        mine = [k for k in range(n_frames) if seed_of[k] == tw]
         for k in sorted(mine, key=lambda k: times[k]):  # a plate's clock only runs forward
             sample.advance(max(0.0, float(times[k]) - sample.now()))
             x, y = float(fields[k, 0]), float(fields[k, 1])

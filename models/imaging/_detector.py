@@ -2,16 +2,19 @@
 
 An artifact is a directory: `weights.pt` (the net's `state_dict`, written by `torch.save`) and `model.json`
 (format, name, version, the net's hyper-parameters, the normalisation, the detection threshold and what the
-model was trained on). `acquisition` is imported lazily, only to build the `Detection`s the protocol returns.
+model was trained on). `acquisition` is not imported: the protocol is structural, and the detections are this
+module's own `MitosisDetection`s, with the fields `acquisition.DetectionLike` names.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,12 +24,10 @@ import torch.nn.functional as F
 from models._errors import ArtifactError
 from models.imaging._net import STRIDE, MitosisNet, Normalisation, find_peaks
 
-if TYPE_CHECKING:
-    from acquisition._mitosis import Detection
-
-__all__ = ["ARTIFACT_FORMAT", "ImagingMitosisDetector"]
+__all__ = ["ARTIFACT_FORMAT", "KIND", "ImagingMitosisDetector", "MitosisDetection"]
 
 ARTIFACT_FORMAT = "cellfarm.mitosis-cnn/1"
+KIND = "mitosis-cnn"  # the registry's `kind` of these models (and the default registry name)
 _WEIGHTS, _META = "weights.pt", "model.json"
 _AREA_RADIUS = 10  # a mitotic nucleus is ~9 px across: its area is measured within this many pixels
 
@@ -46,6 +47,16 @@ def _area_px(norm: npt.NDArray[np.float32], y: float, x: float) -> int:
     return 4 * int(np.count_nonzero(b >= 0.5 * peak)) if peak > 0 else 0
 
 
+@dataclass(frozen=True, slots=True)
+class MitosisDetection:
+    """A dividing cell: centroid (row `y`, column `x`, pixels), heat-map probability `score`, core area in pixels."""
+
+    y: float
+    x: float
+    score: float
+    area_px: int
+
+
 class ImagingMitosisDetector:
     """A trained CNN that finds dividing cells in a 2-D nuclear-marker frame (`acquisition.MitosisDetector`).
 
@@ -54,7 +65,8 @@ class ImagingMitosisDetector:
     Thread-safe for concurrent calls (inference only reads the net).
     """
 
-    name = "mitosis-cnn"
+    name: str = KIND
+    kind: ClassVar[str] = KIND
 
     def __init__(
         self,
@@ -77,6 +89,16 @@ class ImagingMitosisDetector:
 
     def __repr__(self) -> str:
         return f"ImagingMitosisDetector(version={self.version!r}, threshold={self.threshold:.3g})"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What defines the model besides its weights (the registry's `params`)."""
+        return {
+            "format": ARTIFACT_FORMAT,
+            "threshold": self.threshold,
+            "net": self.net.hparams,
+            "normalisation": asdict(self.normalisation),
+        }
 
     # ------------------------------------------------------------------ inference
 
@@ -128,23 +150,38 @@ class ImagingMitosisDetector:
             return []
         return self._peaks(img, self.threshold if threshold is None else threshold)[1]
 
-    def __call__(self, image: np.ndarray) -> list[Detection]:
-        from acquisition._mitosis import Detection  # the protocol's return type; acquisition is not needed to load
-
+    def __call__(self, image: np.ndarray) -> list[MitosisDetection]:
         img = np.asarray(image)
         if img.ndim == 2 and img.size == 0:
             return []
         norm, peaks = self._peaks(img, self.threshold)
-        found = [Detection(y=y, x=x, score=p, area_px=_area_px(norm, y, x)) for y, x, p in peaks]
+        found = [MitosisDetection(y=y, x=x, score=p, area_px=_area_px(norm, y, x)) for y, x, p in peaks]
         found.sort(key=lambda d: -d.score)
         return found
 
     # ------------------------------------------------------------------ artifact
 
     def save(self, path: str | Path) -> Path:
-        """Write the artifact directory (created if needed; an existing artifact there is overwritten)."""
+        """Write the artifact directory, replacing any artifact there.
+
+        Atomically (a temporary sibling, then a rename), as the registry expects: a crash leaves either the
+        old artifact or the new one, never half of one.
+        """
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            self._write(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def _write(self, out: Path) -> None:
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         torch.save(state, out / _WEIGHTS)
         meta = {
@@ -158,7 +195,6 @@ class ImagingMitosisDetector:
             "training": self.info,
         }
         (out / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return out
 
     @classmethod
     def load(

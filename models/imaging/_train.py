@@ -15,7 +15,7 @@ import numpy.typing as npt
 import torch
 
 from models._device import default_device
-from models.imaging._data import LabelledFrames, make_training_frames
+from models.imaging._data import LabelledFrames, PlateFactory, make_training_frames
 from models.imaging._detector import ImagingMitosisDetector
 from models.imaging._evaluate import match_detections, scores_from_counts
 from models.imaging._net import STRIDE, MitosisNet, Normalisation
@@ -168,6 +168,7 @@ def _digest(net: MitosisNet) -> str:
 def train_mitosis_model(
     out_dir: str | Path | None = None,
     *,
+    plates: PlateFactory,
     seed: int = 0,
     n_frames: int = 240,
     epochs: int = 20,
@@ -185,10 +186,11 @@ def train_mitosis_model(
     device: str | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> ImagingMitosisDetector:
-    """Train the mitosis CNN on frames rendered by the digital twin; save it to `out_dir` when given.
+    """Train the mitosis CNN on frames of simulated plates; save it to `out_dir` when given.
 
-    `n_frames` frames (randomised exposure, light power, defocus, plate age; see `make_training_frames`) from
-    the `twin_seeds` plates; each epoch draws `crops_per_frame` augmented `crop`-pixel crops per frame.
+    `plates` makes a plate per seed (the digital twin: see `models.imaging.Plate`). `n_frames` frames
+    (randomised exposure, light power, defocus, plate age; see `make_training_frames`) from the `twin_seeds`
+    plates; each epoch draws `crops_per_frame` augmented `crop`-pixel crops per frame.
     The detection threshold is then set for the best F1 on `n_val_frames` frames of another plate
     (`val_twin_seed`). Deterministic in `seed` on CPU. `device`: None picks CUDA when there is one, else the
     CPU; the returned detector runs on the CPU. `version` defaults to "cnn-" + a digest of the weights.
@@ -199,8 +201,8 @@ def train_mitosis_model(
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7EA1]))
     norm = Normalisation()
 
-    train = make_training_frames(n_frames, twin_seeds=twin_seeds, seed=seed, size=frame_size)
-    val = make_training_frames(n_val_frames, twin_seeds=(val_twin_seed,), seed=seed + 1, size=frame_size)
+    train = make_training_frames(plates, n_frames, twin_seeds=twin_seeds, seed=seed, size=frame_size)
+    val = make_training_frames(plates, n_val_frames, twin_seeds=(val_twin_seed,), seed=seed + 1, size=frame_size)
     log.info(
         "mitosis-cnn: %d training frames (%d mitoses), %d validation frames (%d), made in %.1f s",
         len(train),

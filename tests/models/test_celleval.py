@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from models._celleval import VCC_METRICS, CellEvalResult, normalized_score, run_cell_eval
+from models._celleval import VCC_METRICS, CellEvalResult, margins, normalized_score, run_cell_eval
 from models._errors import InvalidTrainingDataError
 from tests.conftest import PAPALEXI, need
 
@@ -108,6 +108,23 @@ def test_normalized_score_against_control_mean(perfect: CellEvalResult, baseline
     vcc = normalized_score(perfect, baseline, metrics=VCC_METRICS)
     assert set(vcc) == {*VCC_METRICS, "avg_score"}
     assert vcc["avg_score"] == pytest.approx(np.mean([vcc[m] for m in VCC_METRICS]))
+
+
+def test_margins_are_signed_where_the_score_clips(perfect: CellEvalResult, baseline: CellEvalResult) -> None:
+    ahead = margins(perfect.summary, baseline.summary)
+    behind = margins(baseline.summary, perfect.summary)
+    assert ahead["mean"] > 0 > behind["mean"]
+    assert ahead["mae"] == pytest.approx(normalized_score(perfect, baseline, metrics=VCC_METRICS)["mae"])
+    assert normalized_score(baseline, perfect, metrics=VCC_METRICS)["avg_score"] == 0  # clipped: the loss hides
+    hand = {"mae": 0.2, "overlap_at_N": 0.5, "discrimination_score_l1": float("nan")}
+    base = {"mae": 0.1, "overlap_at_N": 0.0, "discrimination_score_l1": 0.5}
+    got = margins(hand, base)
+    assert got["mae"] == pytest.approx(-1.0)  # twice the baseline's error
+    assert got["overlap_at_N"] == pytest.approx(0.5)
+    assert got["discrimination_score_l1"] == 0  # NaN on one side counts as no difference
+    assert got["mean"] == pytest.approx(-0.5 / 3)
+    with pytest.raises(InvalidTrainingDataError, match="no baseline normalisation"):
+        margins(hand, base, metrics=["de_nsig_counts_real"])
 
 
 def test_normalized_score_refuses_metrics_it_cannot_compare(

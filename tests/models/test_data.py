@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from models import (
     GeneFeatures,
     InvalidTrainingDataError,
     PerturbData,
+    Snapshot,
     build_gene_features,
     iter_cell_batches,
     load_perturb_data,
@@ -115,3 +118,26 @@ def test_a_dataset_without_controls_or_perturbations_is_refused(tmp_path, papale
         load_perturb_data(target, "plain")
     with pytest.raises(InvalidTrainingDataError, match="no atlas dataset 'missing'"):
         load_perturb_data(target, "missing")
+
+
+def test_a_pinned_snapshot_reads_what_the_model_saw(tmp_path, papalexi_lake: lake.Lake) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "lake"
+    shutil.copytree(papalexi_lake.root, root)
+    target = lake.Lake.open(root)
+    seen = load_perturb_data(target, "papalexi2021")
+    assert seen.snapshot is not None
+    pinned = Snapshot.from_dict({**seen.snapshot.to_dict(), "dataset": "papalexi2021", "split": {}})
+    assert pinned == seen.snapshot
+    # the lake moves on: another screen is ingested, the registry and the SOMA timestamp advance
+    lake.ingest_atlas(target, write_perturbseq_h5ad(tmp_path / "more.h5ad", n_cells=300, n_genes=50), name="more")
+    now = load_perturb_data(target, "papalexi2021")
+    assert now.snapshot is not None
+    assert now.snapshot.delta_versions["datasets"] > pinned.delta_versions["datasets"]
+    assert now.snapshot.soma_timestamp != pinned.soma_timestamp
+    again = load_perturb_data(target, "papalexi2021", at=pinned)
+    assert again.snapshot == pinned
+    np.testing.assert_array_equal(again.X, seen.X)
+    np.testing.assert_array_equal(again.perturbation, seen.perturbation)
+    gone = Snapshot(pinned.dataset_ids, pinned.soma_timestamp, {**pinned.delta_versions, "datasets": 10_000})
+    with pytest.raises(InvalidTrainingDataError, match="snapshot is no longer readable"):
+        load_perturb_data(target, "papalexi2021", at=gone)

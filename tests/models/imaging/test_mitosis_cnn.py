@@ -18,51 +18,38 @@ from models.imaging import (
     ImagingMitosisDetector,
     LabelledFrames,
     MitosisNet,
-    TrainProgress,
     evaluate,
     find_peaks,
     heatmap_targets,
     make_training_frames,
     match_detections,
     render_frames,
-    train_mitosis_model,
 )
+from tests.models.imaging.conftest import HELD_OUT_SEED, TINY, Trained, twin_plate
 
-HELD_OUT_SEED = 7  # neither a training (1000-1007) nor the validation (1999) plate
 # Floors for the ~10 s training run below, on the held-out plate. Over training seeds 0-3 it scored precision
 # 0.79-0.95 and recall 1.0 in the default light, and precision 0.71-0.82, recall 1.0 in dim light (the
 # default training does better: `python -m models.imaging evaluate`). A net that learned nothing finds nothing
 # (recall 0: its heat map starts at 1 % everywhere) or fires everywhere (precision near 0).
 MIN_PRECISION, MIN_RECALL = 0.7, 0.9
 MIN_DIM_PRECISION, MIN_DIM_RECALL = 0.5, 0.8
-TINY = {"n_frames": 64, "epochs": 8, "n_val_frames": 32, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImagingMitosisDetector, Path, list[TrainProgress]]:
-    out = tmp_path_factory.mktemp("mitosis") / "cnn"
-    progress: list[TrainProgress] = []
-    det = train_mitosis_model(out, progress=progress.append, **TINY)  # type: ignore[arg-type]
-    return det, out, progress
 
 
 @pytest.fixture(scope="module")
 def bright() -> LabelledFrames:
-    return render_frames(twin_seed=HELD_OUT_SEED, n_frames=16, exposure_ms=20.0, power_pct=50.0)
+    return render_frames(twin_plate, twin_seed=HELD_OUT_SEED, n_frames=16, exposure_ms=20.0, power_pct=50.0)
 
 
 @pytest.fixture(scope="module")
 def dim() -> LabelledFrames:
     # ~5 photo-electrons per pixel of an interphase nucleus: the classical detector finds nothing here
-    return render_frames(twin_seed=HELD_OUT_SEED, n_frames=16, exposure_ms=2.0, power_pct=5.0)
+    return render_frames(twin_plate, twin_seed=HELD_OUT_SEED, n_frames=16, exposure_ms=2.0, power_pct=5.0)
 
 
 # ---------------------------------------------------------------------- learning
 
 
-def test_short_training_finds_mitoses_on_a_held_out_plate(
-    trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]], bright: LabelledFrames
-) -> None:
+def test_short_training_finds_mitoses_on_a_held_out_plate(trained: Trained, bright: LabelledFrames) -> None:
     det, _, progress = trained
     assert bright.n_mitoses >= 25, "too few mitoses in view to judge the model"
     assert [p.epoch for p in progress] == list(range(1, TINY["epochs"] + 1))
@@ -76,7 +63,7 @@ def test_short_training_finds_mitoses_on_a_held_out_plate(
 
 
 def test_learned_model_sees_mitoses_in_dim_frames_where_the_classical_one_does_not(
-    trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]], dim: LabelledFrames
+    trained: Trained, dim: LabelledFrames
 ) -> None:
     det, _, _ = trained
     cnn = evaluate(det, dim.images, dim.centroids)
@@ -87,9 +74,7 @@ def test_learned_model_sees_mitoses_in_dim_frames_where_the_classical_one_does_n
     assert cnn.f1 > classical.f1 + 0.4
 
 
-def test_detections_are_in_the_frame_sorted_and_scored(
-    trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]], bright: LabelledFrames
-) -> None:
+def test_detections_are_in_the_frame_sorted_and_scored(trained: Trained, bright: LabelledFrames) -> None:
     det, _, _ = trained
     found = det(bright.images[0])
     assert found
@@ -108,7 +93,7 @@ def test_detections_are_in_the_frame_sorted_and_scored(
         det(np.zeros((2, 64, 64), np.uint16))
 
 
-def test_no_detections_on_blank_frames(trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]]) -> None:
+def test_no_detections_on_blank_frames(trained: Trained) -> None:
     det, _, _ = trained
     rng = np.random.default_rng(0)
     assert det(np.full((256, 256), 100, np.uint16)) == []
@@ -120,7 +105,7 @@ def test_no_detections_on_blank_frames(trained: tuple[ImagingMitosisDetector, Pa
 
 
 def test_save_load_round_trip_gives_identical_detections(
-    trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]], bright: LabelledFrames, tmp_path: Path
+    trained: Trained, bright: LabelledFrames, tmp_path: Path
 ) -> None:
     det, out, _ = trained
     meta = json.loads((out / "model.json").read_text())
@@ -140,10 +125,16 @@ def test_save_load_round_trip_gives_identical_detections(
     b = torch.load(again / "weights.pt", weights_only=True)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # saving over an artifact replaces it whole (a temporary sibling, then a rename), leaving nothing else
+    (again / "stray").write_text("from an older artifact")
+    assert det.save(again) == again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+    assert sorted(p.name for p in again.iterdir()) == ["model.json", "weights.pt"]
+    assert (det.kind, det.params["threshold"], det.params["net"]) == ("mitosis-cnn", det.threshold, det.net.hparams)
 
 
 @pytest.fixture
-def artifact(trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]], tmp_path: Path) -> Path:
+def artifact(trained: Trained, tmp_path: Path) -> Path:
     det, _, _ = trained
     return det.save(tmp_path / "model")
 
@@ -238,9 +229,7 @@ def _view(image: np.ndarray, x: float, y: float) -> FrameView:
     )
 
 
-def test_detector_plugs_into_the_mitosis_policy(
-    trained: tuple[ImagingMitosisDetector, Path, list[TrainProgress]], twin: Microscope
-) -> None:
+def test_detector_plugs_into_the_mitosis_policy(trained: Trained, twin: Microscope) -> None:
     det, _, _ = trained
     assert isinstance(det, MitosisDetector)
     policy = MitosisPolicy(detector=det)
@@ -291,8 +280,8 @@ def test_heat_map_targets_and_peaks_round_trip() -> None:
 
 
 def test_training_frames_are_deterministic_and_labelled() -> None:
-    a = make_training_frames(6, twin_seeds=(1000, 1001), seed=3, size=128)
-    b = make_training_frames(6, twin_seeds=(1000, 1001), seed=3, size=128)
+    a = make_training_frames(twin_plate, 6, twin_seeds=(1000, 1001), seed=3, size=128)
+    b = make_training_frames(twin_plate, 6, twin_seeds=(1000, 1001), seed=3, size=128)
     np.testing.assert_array_equal(a.images, b.images)
     assert all(np.array_equal(x, y) for x, y in zip(a.centroids, b.centroids, strict=True))
     assert a.images.shape == (6, 128, 128)
@@ -300,5 +289,5 @@ def test_training_frames_are_deterministic_and_labelled() -> None:
     assert set(a.twin_seed.tolist()) == {1000, 1001}
     lit = a.power_pct > 0  # a few frames are dark (light off)
     assert (a.exposure_ms * a.power_pct)[lit].min() >= 2.0 - 1e-9
-    c = make_training_frames(6, twin_seeds=(1000, 1001), seed=4, size=128)
+    c = make_training_frames(twin_plate, 6, twin_seeds=(1000, 1001), seed=4, size=128)
     assert not np.array_equal(a.images, c.images)
