@@ -27,6 +27,7 @@ from acquisition._policy import (
     Stop,
 )
 from acquisition._qc import FrameQC, frame_qc
+from acquisition._remote import FeedbackClient, FeedbackClientFactory, FeedbackReply, RemotePolicy
 from acquisition._sink import LakeSink, SinkStats
 
 __all__ = [
@@ -41,8 +42,11 @@ __all__ = [
     "DetectionLike",
     "DetectorFactory",
     "EventFeed",
+    "FeedbackClient",
+    "FeedbackClientFactory",
     "FeedbackLoop",
     "FeedbackPolicy",
+    "FeedbackReply",
     "FrameQC",
     "FrameView",
     "ImageIngest",
@@ -51,6 +55,7 @@ __all__ = [
     "MitosisDetector",
     "MitosisPolicy",
     "PolicyName",
+    "RemotePolicy",
     "Revisit",
     "RunResult",
     "SetExposure",

@@ -16,6 +16,7 @@ from acquisition._agent import Agent, RunResult
 from acquisition._microscope import Microscope, open_config, open_twin
 from acquisition._plan import default_plan, load_plan
 from acquisition._policy import DetectorFactory, FeedbackPolicy, MitosisPolicy
+from acquisition._remote import FeedbackClientFactory, RemotePolicy
 
 __all__ = ["AgentSpec", "PolicyName", "make_policy", "run_agent", "run_farm"]
 
@@ -23,20 +24,21 @@ PolicyName = Literal["none", "local", "remote"]
 
 
 def make_policy(
-    name: PolicyName, *, url: str | None = None, detector: DetectorFactory | None = None
+    name: PolicyName, *, detector: DetectorFactory | None = None, feedback: FeedbackClientFactory | None = None
 ) -> FeedbackPolicy | None:
-    """The policy an agent runs; `detector` builds the `local` policy's detector (None: the classical one)."""
+    """The policy an agent runs: `detector` builds the `local` policy's detector (None: the classical one),
+    `feedback` the `remote` policy's client of the served model."""
     if detector is not None and name != "local":
         raise lake.InvalidInputError(f"a mitosis detector is for --policy local, not --policy {name}")
+    if feedback is not None and name != "remote":
+        raise lake.InvalidInputError(f"a feedback client is for --policy remote, not --policy {name}")
     if name == "none":
         return None
     if name == "local":
         return MitosisPolicy(detector=detector() if detector is not None else None)
-    from acquisition._remote import RemotePolicy
-
-    if not url:
+    if feedback is None:
         raise lake.InvalidInputError("--policy remote needs --policy-url (the served imaging model)")
-    return RemotePolicy(url)
+    return RemotePolicy(feedback())
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,9 @@ class AgentSpec:
     config: str | None = None  # a Micro-Manager configuration; None: the digital twin
     plan: str | None = None
     policy: PolicyName = "none"
-    policy_url: str | None = None
+    # The `remote` policy's client of the served model, built in the agent's process; the command line makes it
+    # from `--policy-url` (acquisition does not import serving).
+    feedback: FeedbackClientFactory | None = None
     # The `local` policy's detector, built in the agent's process (a picklable factory: see `DetectorFactory`);
     # None: the classical one. The command line resolves `--detector REF` from the model registry into it.
     detector: DetectorFactory | None = None
@@ -69,7 +73,7 @@ class AgentSpec:
 def run_agent(spec: AgentSpec, *, on_frame: Callable[[int], None] | None = None) -> RunResult:
     target = lake.Lake.open(spec.lake_root)
     plan = spec.load_plan()  # parse errors first: nothing is opened or written for a bad plan
-    policy = make_policy(spec.policy, url=spec.policy_url, detector=spec.detector)
+    policy = make_policy(spec.policy, detector=spec.detector, feedback=spec.feedback)
     microscope = spec.open_microscope()
     try:
         return Agent(target, microscope, microscope_id=spec.microscope_id, policy=policy, on_frame=on_frame).run(plan)

@@ -1,61 +1,90 @@
-"""The `remote` policy: the same protocol over HTTP, to a served imaging model (see serving/).
+"""The `remote` policy: the served imaging model decides (see serving/), through a client the agent is handed.
 
-Wire format (JSON): POST the frame's metadata plus its plane as base64 little-endian bytes; the answer is
-`{"actions": [...]}` with the same pydantic actions the in-process policies return.
+`acquisition` never imports `serving`: the command line builds the client (`serving.client.FeedbackClient`)
+from `--policy-url` and hands the agent a picklable factory of it, as it does for the `local` policy's detector.
+Anything with a `decide(image, meta) -> reply` method fits, where the reply names the model and version that
+decided and carries the actions (pydantic models of the same shapes as the in-process policies' actions).
 """
 
 from __future__ import annotations
 
-import base64
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-import httpx
 import numpy as np
 
 from acquisition._policy import FrameView, action_adapter
 
-__all__ = ["RemotePolicy", "frame_payload"]
+__all__ = ["FeedbackClient", "FeedbackClientFactory", "FeedbackReply", "RemotePolicy", "frame_meta"]
+
+_SHED = frozenset({429, 503})  # the server had no room for this frame: no feedback for it, not an error
 
 
-def frame_payload(frame: FrameView) -> dict[str, Any]:
-    img = np.ascontiguousarray(frame.image)
-    return {
-        "run_id": frame.run_id,
-        "frame_id": frame.frame_id,
-        "t": frame.t,
-        "p": frame.p,
-        "c": frame.c,
-        "z": frame.z,
-        "channel": frame.channel,
-        "well": frame.well,
-        "x_um": frame.x_um,
-        "y_um": frame.y_um,
-        "z_um": frame.z_um,
-        "exposure_ms": frame.exposure_ms,
-        "light_power": frame.light_power,
-        "acquired_at": frame.acquired_at.isoformat(),
-        "bit_depth": frame.bit_depth,
-        "shape": list(img.shape),
-        "dtype": img.dtype.newbyteorder("<").str,
-        "image_b64": base64.b64encode(img.astype(img.dtype.newbyteorder("<"), copy=False).tobytes()).decode(),
-    }
+class _Dumpable(Protocol):
+    def model_dump(self) -> dict[str, Any]: ...
+
+
+class FeedbackReply(Protocol):
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def actions(self) -> Sequence[_Dumpable]: ...
+
+
+class FeedbackClient(Protocol):
+    def decide(self, image: np.ndarray, meta: Mapping[str, Any]) -> FeedbackReply: ...
+
+
+FeedbackClientFactory = Callable[[], FeedbackClient]
+"""Builds the client in the agent's process (a spawned agent gets the factory, pickled, not a live connection)."""
+
+_META = (
+    "run_id",
+    "frame_id",
+    "t",
+    "p",
+    "c",
+    "z",
+    "channel",
+    "well",
+    "x_um",
+    "y_um",
+    "z_um",
+    "exposure_ms",
+    "light_power",
+    "acquired_at",
+    "bit_depth",
+)
+
+
+def frame_meta(frame: FrameView) -> dict[str, Any]:
+    """What travels with the pixels: the frame's position in the run and how it was taken."""
+    return {k: getattr(frame, k) for k in _META}
 
 
 class RemotePolicy:
-    def __init__(self, url: str, *, channel: str | None = "GFP", timeout_s: float = 5.0) -> None:
+    def __init__(self, client: FeedbackClient, *, channel: str | None = "GFP") -> None:
         self.name = "remote"
-        self.url = url
-        self.channel = channel
         self.version = "remote"
-        self._client = httpx.Client(timeout=timeout_s)
+        self.channel = channel
+        self.shed = 0  # frames the server had no room for
+        self._client = client
 
     def wants(self, frame: FrameView) -> bool:
         return self.channel is None or frame.channel in (None, self.channel)
 
     def decide(self, frame: FrameView) -> list[Any]:
-        resp = self._client.post(self.url, json=frame_payload(frame))
-        resp.raise_for_status()
-        body = resp.json()
-        # The server names the model and version that decided, for the decisions table.
-        self.version = str(body.get("model_version", self.version))
-        return list(action_adapter.validate_python(body.get("actions", [])))
+        try:
+            reply = self._client.decide(frame.image, frame_meta(frame))
+        except Exception as e:
+            if getattr(e, "status", None) in _SHED:
+                self.shed += 1
+                return []
+            raise
+        # the server names the model and version that decided: they go to the decisions table
+        self.name, self.version = reply.model, reply.model_version
+        return list(action_adapter.validate_python([a.model_dump() for a in reply.actions]))

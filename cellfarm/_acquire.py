@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 from dataclasses import replace
 from typing import Any
@@ -9,11 +10,20 @@ from typing import Any
 from rich.console import Console
 
 import lake
-from acquisition import AgentSpec, DetectorFactory, PolicyName, RunResult, load_plan, run_agent, run_farm
+from acquisition import (
+    AgentSpec,
+    DetectorFactory,
+    FeedbackClientFactory,
+    PolicyName,
+    RunResult,
+    load_plan,
+    run_agent,
+    run_farm,
+)
 from acquisition._plan import default_plan
 from cellfarm._progress import RichProgress
 
-__all__ = ["CLASSICAL", "choose_detector", "run_acquire"]
+__all__ = ["CLASSICAL", "choose_detector", "choose_feedback", "run_acquire"]
 
 CLASSICAL = "classical"  # `--detector classical`: the built-in detector, whatever the registry holds
 
@@ -46,6 +56,35 @@ def choose_detector(target: lake.Lake, policy: PolicyName, ref: str | None, cons
     factory = detector_factory(record)
     factory()  # fails now, with one line, rather than in every agent
     console.print(f"--policy local: detector {record.ref} ({record.stage})", highlight=False, soft_wrap=True)
+    return factory
+
+
+def choose_feedback(policy: PolicyName, url: str | None, console: Console) -> FeedbackClientFactory | None:
+    """The `remote` policy's client of the served Feedback at `url` (`cellfarm serve`'s base URL), as a factory
+    the agent processes call; the token comes from `CELLFARM_API_TOKEN` in each. The server is asked once here,
+    so a dead server or a wrong token fails with one line before anything runs."""
+    if url is not None and policy != "remote":
+        raise lake.InvalidInputError(f"--policy-url is for --policy remote, not --policy {policy}")
+    if policy != "remote":
+        return None
+    if not url:
+        raise lake.InvalidInputError(
+            "--policy remote needs --policy-url (e.g. http://127.0.0.1:3000, `cellfarm serve`)"
+        )
+    from serving.client import FeedbackClient, ServingError
+
+    factory = functools.partial(FeedbackClient, url)
+    try:
+        with factory() as client:
+            models = [m for m in client.status().models if m.service == "Feedback"]
+            client.authorize()
+    except ServingError as e:
+        raise lake.InvalidInputError(f"--policy-url {url}: {e}") from None
+    if not models:
+        raise lake.InvalidInputError(f"--policy-url {url} serves no Feedback (is it `cellfarm serve`?)")
+    console.print(
+        f"--policy remote: {models[0].name}:{models[0].version} served at {url}", highlight=False, soft_wrap=True
+    )
     return factory
 
 

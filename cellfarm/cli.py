@@ -120,7 +120,9 @@ def acquire(
     plan: Annotated[Path | None, typer.Option("--plan", help="useq-schema MDASequence as YAML or JSON")] = None,
     microscopes: Annotated[int, typer.Option("--microscopes", "-n", help="Agents to run at once (processes)")] = 1,
     policy: Annotated[PolicyChoice, typer.Option(help="Feedback policy")] = PolicyChoice.none,
-    policy_url: Annotated[str | None, typer.Option(help="URL of the served imaging model (--policy remote)")] = None,
+    policy_url: Annotated[
+        str | None, typer.Option(help="Base URL of `cellfarm serve` (--policy remote), e.g. http://127.0.0.1:3000")
+    ] = None,
     microscope_id: Annotated[str | None, typer.Option(help="Name of the microscope [default: twin / mm]")] = None,
     seed: Annotated[int, typer.Option(help="The twin's sample seed (agent k gets seed+k)")] = 0,
     detector: Annotated[
@@ -133,7 +135,7 @@ def acquire(
 ) -> None:
     """Run acquisition agents: frames stream into OME-Zarr and the frames table as they are taken."""
     from acquisition import AgentSpec
-    from cellfarm._acquire import check_microscopes, choose_detector, run_acquire
+    from cellfarm._acquire import check_microscopes, choose_detector, choose_feedback, run_acquire
 
     if twin and config is not None:
         raise lake.InvalidInputError("choose one microscope: --twin or --config, not both")
@@ -145,8 +147,8 @@ def acquire(
         config=str(config) if config else None,
         plan=str(plan) if plan else None,
         policy=policy.value,
-        policy_url=policy_url,
         detector=choose_detector(target, policy.value, detector, err),
+        feedback=choose_feedback(policy.value, policy_url, err),
         seed=seed,
     )
     if not run_acquire(spec, microscopes=microscopes, console=err):

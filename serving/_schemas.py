@@ -263,8 +263,8 @@ class FrameMeta(BaseModel):
 
 
 class FrameIn(FrameMeta):
-    """A frame as JSON: metadata plus the plane as base64 little-endian bytes (acquisition's current remote
-    format). The binary form (`application/x-npy` body, metadata in the `X-Cellfarm-Frame` header) carries the
+    """A frame as JSON: metadata plus the plane as base64 little-endian bytes (for clients that cannot send
+    binary). The binary form (`application/x-npy` body, metadata in the `X-Cellfarm-Frame` header) carries the
     same fields without the last three."""
 
     shape: list[Annotated[int, Field(ge=0, le=2**16)]] = Field(

@@ -192,8 +192,12 @@ class _Base:
     def ping(self, timeout_s: float = 10.0) -> Status:
         """Ready, and the token accepted (`AuthError` if not): what a caller checks once before relying on it."""
         status = self.wait_ready(timeout_s)
-        self._http.request("GET", "/docs.json")
+        self.authorize()
         return status
+
+    def authorize(self) -> None:
+        """Raise `AuthError` unless the server accepts this client's token."""
+        self._http.request("GET", "/docs.json")
 
     def reload(self) -> Status:
         """Load the registry's production versions now (the server also polls for them)."""

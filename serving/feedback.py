@@ -5,7 +5,7 @@
   event score, and the recommended actions (revisit / lower the light / skip), with the model name and
   version. Frames from many microscopes that arrive together share one model call (up to `MAX_BATCH`), as
   long as each can still be answered within `MAX_LATENCY_MS`; a frame that cannot is shed (503) at once.
-- `POST /decide_json`: one frame as the JSON object acquisition's `remote` policy posts today (base64 plane);
+- `POST /decide_json`: one frame as a JSON object with a base64 plane (for clients that cannot send binary);
   not batched. Kept for compatibility: new clients use `serving.client.FeedbackClient`.
 
 Serve it alone with `bentoml serve serving.feedback:Feedback`; `cellfarm serve` runs it with `VirtualCell`.
@@ -144,7 +144,7 @@ class FeedbackAPI(ServiceBase):
 
     @bentoml.api(route="/decide_json")
     async def decide_json(self, frame: FrameIn, /) -> FrameDecision:
-        """One frame as JSON with a base64 plane (acquisition's current remote format); not batched."""
+        """One frame as JSON with a base64 plane (for clients that cannot send binary); not batched."""
         received = time.perf_counter()
         try:
             image = decode_json_frame(frame)

@@ -5,11 +5,12 @@ Every import counts, wherever it is: module level, inside a function (a lazy imp
 under `if TYPE_CHECKING:`, or a constant `importlib.import_module("...")`.
 
 Two exceptions. `serving/_imaging.py` may import acquisition's classical `detect_mitoses` (a numpy function
-of the image), Feedback's stand-in while no mitosis-cnn is in production. And `models/imaging/__main__.py` is a composition root (a command line, like `cellfarm`) that
-hands the digital twin, the simulator the mitosis CNN learns from, to the training code and scores the CNN
-against the classical detector. It may import exactly those two things from `acquisition`; the library code of
-`models.imaging` takes its plates by injection (`PlateFactory`) and returns its own detections, so that it
-runs without `acquisition`, and `acquisition` gets a trained detector from the command line as a factory.
+of the image), Feedback's stand-in while no mitosis-cnn is in production. And `models/imaging/__main__.py` is
+a composition root (a command line, like `cellfarm`) that hands the digital twin, the simulator the mitosis CNN
+learns from, to the training code and scores the CNN against the classical detector. It may import exactly
+those things from `acquisition`; the library code of `models.imaging` takes its plates by injection
+(`PlateFactory`) and returns its own detections, so that it runs without `acquisition`, and `acquisition` gets
+a trained detector (and the `remote` policy its client of the served model) from the command line as a factory.
 """
 
 from __future__ import annotations

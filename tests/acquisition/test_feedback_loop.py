@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import threading
-from collections.abc import Iterator
-from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -96,45 +93,41 @@ def test_twin_ground_truth_scores_the_policy(runs: tuple[lake.Lake, RunResult, R
     assert imaged == b["divisions_imaged"] > 0
 
 
-class _PolicyServer(BaseHTTPRequestHandler):
-    policy = MitosisPolicy()
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        image = np.frombuffer(base64.b64decode(body["image_b64"]), dtype=body["dtype"]).reshape(body["shape"])
-        frame = FrameView(
-            **{k: body[k] for k in ("run_id", "frame_id", "t", "p", "c", "z", "channel", "x_um", "y_um", "z_um")},
-            exposure_ms=body["exposure_ms"],
-            light_power=body["light_power"],
-            acquired_at=datetime.fromisoformat(body["acquired_at"]),
-            image=image,
-            bit_depth=body["bit_depth"],
-        )
-        actions = [a.model_dump() for a in self.policy.decide(frame)]
-        data = json.dumps({"actions": actions, "model_version": "test-server-1"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+@dataclass(frozen=True)
+class _Reply:
+    model: str
+    model_version: str
+    actions: list[Any]
 
 
-@pytest.fixture
-def policy_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _PolicyServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/decide"
-    server.shutdown()
+class _Shed(Exception):
+    status = 503  # what `serving.client` raises when the server sheds a frame
 
 
-def test_remote_policy_over_http(tmp_lake: lake.Lake, policy_url: str) -> None:
-    result = _run(tmp_lake, RemotePolicy(policy_url))
+class _InProcessFeedback:
+    """The served model's answers without the network: what `RemotePolicy` does with them (the HTTP path is
+    tests/serving's, against `cellfarm serve`). Every `shed_every`-th frame is shed, as an overloaded server does."""
+
+    def __init__(self, shed_every: int = 0) -> None:
+        self.policy = MitosisPolicy()
+        self.shed_every = shed_every
+        self.calls = 0
+
+    def decide(self, image: np.ndarray, meta: Mapping[str, Any]) -> _Reply:
+        self.calls += 1
+        if self.shed_every and self.calls % self.shed_every == 0:
+            raise _Shed("503: shed")
+        return _Reply("mitosis-served", "7", self.policy.decide(FrameView(image=image, **meta)))
+
+
+def test_remote_policy_reports_the_serving_model_and_survives_shedding(tmp_lake: lake.Lake) -> None:
+    client = _InProcessFeedback(shed_every=3)
+    policy = RemotePolicy(client)
+    result = _run(tmp_lake, policy)
     assert result.status == "completed"
     assert result.summary["frames_decided"] > 0
+    assert result.summary["policy_errors"] == 0  # a shed frame is no feedback, not an error
+    assert policy.shed == client.calls // 3 > 0
     rows = lake.query(tmp_lake, "SELECT DISTINCT model, model_version FROM decisions").to_pylist()
-    assert rows == [{"model": "remote", "model_version": "test-server-1"}]
+    assert rows == [{"model": "mitosis-served", "model_version": "7"}]
     assert result.n_frames > N_PLAN

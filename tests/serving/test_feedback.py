@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,13 +13,13 @@ import pytest
 import useq
 
 import lake
-from acquisition import Agent, FrameView, RunResult, detect_mitoses, open_twin
-from acquisition._policy import action_adapter
+from acquisition import Agent, RemotePolicy, RunResult, detect_mitoses, open_twin
 from acquisition.twin import TwinConfig, TwinSample
 from models.imaging import load_detector, render_frames
-from serving import FRAME_HEADER, NPY_MEDIA_TYPE, FrameMeta
+from serving import FRAME_HEADER, NPY_MEDIA_TYPE
 from serving._imaging import FALLBACK_NAME
-from serving.client import FeedbackClient, RequestError
+from serving.client import RequestError
+from tests.conftest import run_cli
 from tests.serving.conftest import Server
 
 
@@ -139,29 +140,12 @@ PLAN = useq.MDASequence.model_validate(
 N_PLAN = 24
 
 
-class ServedPolicy:
-    """Acquisition's `remote` policy as it should be (see serving's README section): the served Feedback,
-    through `serving.client`, with the deciding model's name and version reported per decision."""
-
-    def __init__(self, client: FeedbackClient) -> None:
-        self.client, self.name, self.version = client, "remote", "?"
-
-    def wants(self, frame: FrameView) -> bool:
-        return frame.channel in (None, "GFP")
-
-    def decide(self, frame: FrameView) -> list[Any]:
-        meta = FrameMeta.model_validate({k: getattr(frame, k) for k in FrameMeta.model_fields})
-        decision = self.client.decide(frame.image, meta)
-        self.name, self.version = decision.model, decision.model_version
-        return list(action_adapter.validate_python([a.model_dump() for a in decision.actions]))
-
-
 def test_a_twin_acquisition_steered_by_the_served_model(server: Server, tmp_path: Any) -> None:
     target = lake.Lake.open(tmp_path / "lake")
     scope = open_twin(TwinConfig(seed=7, time_scale=600))  # a 30-minute mitosis lasts 3 s of the run
     try:
         result: RunResult = Agent(
-            target, scope, microscope_id="twin-remote", policy=ServedPolicy(server.feedback())
+            target, scope, microscope_id="twin-remote", policy=RemotePolicy(server.feedback())
         ).run(PLAN)
     finally:
         scope.close()
@@ -181,3 +165,34 @@ def test_a_twin_acquisition_steered_by_the_served_model(server: Server, tmp_path
     assert injected == sum(json.loads(d["params"])["repeats"] for d in revisits)
     frames = lake.query(target, f"SELECT count(*) AS n FROM frames WHERE run_id = '{result.run_id}'")
     assert frames["n"][0].as_py() == result.n_frames == N_PLAN + injected  # the actions were taken
+
+
+def test_cellfarm_acquire_policy_remote_through_the_server(server: Server, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(PLAN.model_dump_json())
+    root = tmp_path / "lake"
+    args = ["acquire", "--policy", "remote", "--policy-url", server.url, "--plan", str(plan), "--seed", "7"]
+    proc = run_cli(*args, lake_dir=root, CELLFARM_API_TOKEN=server.token)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    feedback = next(m for m in server.client().status().models if m.service == "Feedback")
+    assert f"--policy remote: {feedback.name}:{feedback.version} served at {server.url}" in " ".join(
+        proc.stderr.split()
+    )
+    target = lake.Lake.open(root)
+    run = lake.query(target, "SELECT policy, summary FROM acquisition_runs").to_pylist()
+    assert len(run) == 1
+    summary = json.loads(run[0]["summary"])
+    assert summary["frames_decided"] > 0
+    assert summary["policy_errors"] == 0
+    decisions = lake.query(target, "SELECT DISTINCT model, model_version FROM decisions").to_pylist()
+    assert decisions in ([], [{"model": feedback.name, "model_version": feedback.version}])
+
+    # a wrong token or a dead server: one line, before anything runs
+    bad = run_cli(*args, lake_dir=tmp_path / "bad", CELLFARM_API_TOKEN="wrong-token-" + "y" * 20)
+    assert bad.returncode == 1
+    assert "--policy-url" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert (
+        not (tmp_path / "bad" / "tables").exists()
+        or not lake.Lake.open(tmp_path / "bad").read("acquisition_runs").num_rows
+    )
