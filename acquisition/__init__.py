@@ -10,7 +10,7 @@ from acquisition._feed import EventFeed
 from acquisition._feedback import FeedbackLoop
 from acquisition._images_ingest import ImageIngest, ingest_images
 from acquisition._microscope import Microscope, open_config, open_twin
-from acquisition._mitosis import Detection, DetectionLike, detect_mitoses
+from acquisition._mitosis import Detection, DetectionLike, detect_mitoses, nuclei_above_noise
 from acquisition._plan import check_stage_limits, default_plan, load_plan
 from acquisition._policy import (
     Action,
@@ -72,6 +72,7 @@ __all__ = [
     "ingest_images",
     "load_plan",
     "make_policy",
+    "nuclei_above_noise",
     "open_config",
     "open_twin",
     "run_agent",

@@ -12,10 +12,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, Field, TypeAdapter
 
-from acquisition._mitosis import Detection, DetectionLike, detect_mitoses
+from acquisition._mitosis import Detection, DetectionLike, detect_mitoses, nuclei_above_noise
 
 __all__ = [
     "Action",
@@ -146,24 +145,6 @@ class ClassicalDetector:
         return detect_mitoses(image) if self.min_score is None else detect_mitoses(image, min_score=self.min_score)
 
 
-def _nuclei_above_noise(img: npt.NDArray[Any]) -> bool:
-    """Whether compact bright blocks stand above the noise: a dim field with cells is not an empty one.
-
-    A frame of a few photo-electrons per pixel shows no contrast on the full scale, yet a learned detector
-    still finds mitoses in it. 8 x 8 block means are 8 times less noisy than pixels, so a nucleus stands
-    well above their noise, while noise alone almost never reaches 5 sigmas.
-    """
-    k = 8
-    h, w = img.shape[0] // k, img.shape[1] // k
-    if h == 0 or w == 0:
-        return False
-    blocks = img[: h * k, : w * k].astype(np.float32).reshape(h, k, w, k).mean(axis=(1, 3))
-    blocks -= np.float32(np.median(blocks))
-    sigma = 1.4826 * float(np.median(np.abs(blocks)))
-    bright = int(np.count_nonzero(blocks > max(5.0 * sigma, 1e-3)))
-    return bright >= 4  # a nucleus covers a few blocks
-
-
 class MitosisPolicy:
     """The `local` policy: a detector of dividing cells, in process.
 
@@ -207,7 +188,7 @@ class MitosisPolicy:
         actions: list[Any] = []
         hi = float(np.percentile(img[::4, ::4], 99.5))
         lo = float(np.median(img[::4, ::4]))
-        if hi - lo < 0.01 * full and not _nuclei_above_noise(img):  # nothing above background: an empty field
+        if hi - lo < 0.01 * full and not nuclei_above_noise(img):  # nothing above background: an empty field
             return [SkipPosition(p=frame.p)]
         if not self._power_set and frame.light_power and hi > 0.5 * full:
             # bright enough to halve the light and keep the cells' signal well above noise

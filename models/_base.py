@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 import zipfile
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
+from models._artifacts import write_atomically
 from models._data import PerturbData
 from models._errors import ArtifactError, InvalidTrainingDataError
 from models._features import GeneFeatures
@@ -102,32 +101,24 @@ class PerturbationModel(ABC):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the artifact folder at `path` (atomically: a temporary sibling, then a rename)."""
-        final = Path(path)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
-        try:
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "kind": self.kind,
-                "params": self.params,
-                "gene_ids": self.gene_ids,
-                "gene_symbols": self.gene_symbols,
-                "train_perturbations": self.train_perturbations,
-                "fit_metrics": self.fit_metrics,
-            }
-            arrays: dict[str, npt.NDArray[Any]] = {"mean_delta": self.mean_delta, **self._arrays()}
-            if self.features is not None:
-                arrays.update(self.features.to_npz())
-            cast(Any, np.savez)(tmp / "arrays.npz", **arrays)
-            self._save_extra(tmp)
-            (tmp / "model.json").write_text(json.dumps(meta, indent=1))  # written last: marks a whole artifact
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        return write_atomically(path, self._write)
+
+    def _write(self, folder: Path) -> None:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "params": self.params,
+            "gene_ids": self.gene_ids,
+            "gene_symbols": self.gene_symbols,
+            "train_perturbations": self.train_perturbations,
+            "fit_metrics": self.fit_metrics,
+        }
+        arrays: dict[str, npt.NDArray[Any]] = {"mean_delta": self.mean_delta, **self._arrays()}
+        if self.features is not None:
+            arrays.update(self.features.to_npz())
+        cast(Any, np.savez)(folder / "arrays.npz", **arrays)
+        self._save_extra(folder)
+        (folder / "model.json").write_text(json.dumps(meta, indent=1))  # written last: marks a whole artifact
 
 
 def load_model(path: str | os.PathLike[str]) -> PerturbationModel:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,9 @@ import lake
 import models
 from serving._frames import Frame
 from serving._schemas import Action, FrameDecision, FrameDetection, Revisit, SetLightPower, SkipPosition
+
+if TYPE_CHECKING:
+    from acquisition import DetectionLike
 
 __all__ = [
     "FALLBACK_NAME",
@@ -47,18 +50,7 @@ _MIN_POWER = 5.0
 _CPU_PASS = 2  # frames per forward pass on a CPU
 
 
-class _Detection(Protocol):
-    @property
-    def y(self) -> float: ...
-    @property
-    def x(self) -> float: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def area_px(self) -> int: ...
-
-
-Detector = Callable[[npt.NDArray[Any]], Sequence[_Detection]]
+Detector = Callable[[npt.NDArray[Any]], Sequence["DetectionLike"]]  # a string: acquisition loads lazily
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ def find_detector(target: lake.Lake) -> models.ModelRecord | None:
 
 
 def _classical() -> Detector:
-    # The one import of `acquisition` from serving (DESIGN.md lists lake and models only): its classical
+    # An import of `acquisition` from serving (DESIGN.md lists lake and models only; see test_boundaries): its classical
     # detector is the documented stand-in when no imaging model is registered; loaded only then.
     from acquisition import detect_mitoses
 
@@ -191,26 +183,17 @@ class FeedbackPolicyState:
         return mem
 
 
-def _nuclei_above_noise(img: npt.NDArray[Any]) -> bool:
-    """Compact bright 8 x 8 blocks well above the noise: a dim field with cells is not an empty one (the same
-    test as acquisition's local policy)."""
-    k = 8
-    h, w = img.shape[0] // k, img.shape[1] // k
-    if h == 0 or w == 0:
-        return False
-    blocks = img[: h * k, : w * k].astype(np.float32).reshape(h, k, w, k).mean(axis=(1, 3))
-    blocks -= np.float32(np.median(blocks))
-    sigma = 1.4826 * float(np.median(np.abs(blocks)))
-    return int(np.count_nonzero(blocks > max(5.0 * sigma, 1e-3))) >= 4
-
-
 def _actions(frame: Frame, scored: Scored, memory: _RunMemory) -> list[Action]:
+    # serving's dependency on acquisition (see tests/test_boundaries.py): its pure image test, so that the served
+    # policy and the in-process one judge a field alike; imported here, not at start, as it loads the package
+    from acquisition import nuclei_above_noise
+
     img, meta = frame.image, frame.meta
     full = float(2**meta.bit_depth - 1)
     sample = img[::4, ::4]
     hi = float(np.percentile(sample, 99.5))
     lo = float(np.median(sample))
-    if hi - lo < 0.01 * full and not _nuclei_above_noise(img):
+    if hi - lo < 0.01 * full and not nuclei_above_noise(img):
         return [SkipPosition(p=meta.p)]
     actions: list[Action] = []
     if not memory.power_set and meta.light_power and hi > 0.5 * full:

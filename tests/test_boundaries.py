@@ -4,13 +4,15 @@ acquisition never import each other.
 Every import counts, wherever it is: module level, inside a function (a lazy import is still a dependency),
 under `if TYPE_CHECKING:`, or a constant `importlib.import_module("...")`.
 
-Two exceptions. `serving/_imaging.py` may import acquisition's classical `detect_mitoses` (a numpy function
-of the image), Feedback's stand-in while no mitosis-cnn is in production. And `models/imaging/__main__.py` is
-a composition root (a command line, like `cellfarm`) that hands the digital twin, the simulator the mitosis CNN
-learns from, to the training code and scores the CNN against the classical detector. It may import exactly
-those things from `acquisition`; the library code of `models.imaging` takes its plates by injection
-(`PlateFactory`) and returns its own detections, so that it runs without `acquisition`, and `acquisition` gets
-a trained detector (and the `remote` policy its client of the served model) from the command line as a factory.
+Two exceptions. `serving/_imaging.py` may import acquisition's pure image functions: the classical
+`detect_mitoses` (Feedback's stand-in while no mitosis-cnn is in production), `nuclei_above_noise` (the
+empty-field test, so served and local policies judge a frame alike) and the `DetectionLike` protocol.
+And `models/imaging/__main__.py` is a composition root (a command line, like `cellfarm`) that hands the digital
+twin, the simulator the mitosis CNN learns from, to the training code and scores the CNN against the classical
+detector. It may import exactly those things from `acquisition`; the library code of `models.imaging` takes its
+plates by injection (`PlateFactory`) and returns its own detections, so that it runs without `acquisition`, and
+`acquisition` gets a trained detector (and the `remote` policy its client of the served model) from the command
+line as a factory.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ ALLOWED = {
     },
     # Feedback's stand-in when the registry has no production mitosis-cnn: the same classical detector the
     # `local` policy uses (a numpy function of the image), so a fresh lake's farm still gets answers.
-    "serving/_imaging.py": {"acquisition.detect_mitoses"},
+    "serving/_imaging.py": {
+        "acquisition.detect_mitoses",
+        "acquisition.DetectionLike",
+        "acquisition.nuclei_above_noise",
+    },
 }
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +19,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from models._artifacts import write_atomically
 from models._errors import ArtifactError
 from models.imaging._net import STRIDE, MitosisNet, Normalisation, find_peaks
 
@@ -167,19 +166,7 @@ class ImagingMitosisDetector:
         Atomically (a temporary sibling, then a rename), as the registry expects: a crash leaves either the
         old artifact or the new one, never half of one.
         """
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir()
-        try:
-            self._write(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        return write_atomically(path, self._write)
 
     def _write(self, out: Path) -> None:
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
