@@ -308,18 +308,46 @@ def demo(
 
 def main() -> None:
     """Console-script entry point: lake errors print one line and exit 1, never a traceback."""
+    _exit(_run())
+
+
+def _run() -> int | str | None:
     try:
         app()
+    except SystemExit as e:
+        return e.code
     except lake.LakeError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
+        return 1
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        return 130
     except Exception as e:
         from models import ModelError
 
         if not isinstance(e, ModelError):
             raise
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]")
-        raise SystemExit(130) from None
+        return 1
+    return 0
+
+
+def _exit(code: int | str | None) -> None:
+    """Exit after the atexit hooks (Ray shutdown, temp files) but before C++ static destructors run.
+
+    TileDB's and torch's thread pools can abort the process while they are torn down (CI saw
+    ``terminate called without an active exception`` and SIGABRT after a clean one-line error), which
+    turned a correct exit status into -6. Everything the command wrote is committed by then.
+    """
+    import atexit
+    import contextlib
+    import os
+
+    if isinstance(code, str):
+        err.print(code, highlight=False, soft_wrap=True)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code or 0)
