@@ -34,7 +34,7 @@ pytest: setup
 test: lint typecheck pytest
 
 ui: setup
-	@echo "The Dagster UI (cellfarm ui) arrives with the orchestration issue; nothing to serve yet." >&2; exit 2
+	$(VENV)/bin/cellfarm ui --seed
 
 bench: setup
 	$(PY) -m bench

@@ -5,13 +5,23 @@ Imports `lake` only; the acquisition thread never waits on storage (see `LakeSin
 
 from acquisition._agent import AcquisitionError, Agent, RunResult
 from acquisition._autofocus import AutofocusEngine, AutofocusResult, SoftwareAutofocus, find_focus
+from acquisition._experiment import (
+    ClaimVerdict,
+    ExperimentConfig,
+    ExperimentResult,
+    PolicyRun,
+    PolicySummary,
+    run_policy_experiment,
+)
 from acquisition._farm import AgentSpec, PolicyName, make_policy, run_agent, run_farm
 from acquisition._feed import EventFeed
 from acquisition._feedback import FeedbackLoop
 from acquisition._images_ingest import ImageIngest, ingest_images
 from acquisition._microscope import Microscope, open_config, open_twin
 from acquisition._mitosis import Detection, DetectionLike, detect_mitoses, nuclei_above_noise
+from acquisition._objects import RunObjects, detect_objects, replace_objects
 from acquisition._plan import check_stage_limits, default_plan, load_plan
+from acquisition._policies import PolicyArm, PolicyFactory, SmartPolicy, default_policies
 from acquisition._policy import (
     Action,
     ClassicalDetector,
@@ -37,11 +47,14 @@ __all__ = [
     "AgentSpec",
     "AutofocusEngine",
     "AutofocusResult",
+    "ClaimVerdict",
     "ClassicalDetector",
     "Detection",
     "DetectionLike",
     "DetectorFactory",
     "EventFeed",
+    "ExperimentConfig",
+    "ExperimentResult",
     "FeedbackClient",
     "FeedbackClientFactory",
     "FeedbackLoop",
@@ -54,19 +67,27 @@ __all__ = [
     "Microscope",
     "MitosisDetector",
     "MitosisPolicy",
+    "PolicyArm",
+    "PolicyFactory",
     "PolicyName",
+    "PolicyRun",
+    "PolicySummary",
     "RemotePolicy",
     "Revisit",
+    "RunObjects",
     "RunResult",
     "SetExposure",
     "SetLightPower",
     "SinkStats",
     "SkipPosition",
+    "SmartPolicy",
     "SoftwareAutofocus",
     "Stop",
     "check_stage_limits",
     "default_plan",
+    "default_policies",
     "detect_mitoses",
+    "detect_objects",
     "find_focus",
     "frame_qc",
     "ingest_images",
@@ -75,6 +96,8 @@ __all__ = [
     "nuclei_above_noise",
     "open_config",
     "open_twin",
+    "replace_objects",
     "run_agent",
     "run_farm",
+    "run_policy_experiment",
 ]

@@ -7,8 +7,10 @@ Load comes from this process over 127.0.0.1; the servers are processes of their 
    at a time) against `decide_batch` on one frame in this process (the same detector and policy, no HTTP).
    Target: HTTP p99 <= in-process p99 + 10 ms.
 2. Feedback throughput (frames/s) at concurrency 1, 8 and 32: the adaptive-batching service against FastAPI
-   serving the same model and policy one request at a time. Target: >= 1.5x at 32, with p99 within the
-   microscope's budget (Feedback's `MAX_LATENCY_MS`).
+   serving the same model and policy one request at a time behind the same front door (token, body limits;
+   see `bench._serving_peer`). Target: >= 1.5x at 32, with p99 within the microscope's budget (Feedback's
+   `MAX_LATENCY_MS`). Each row also gives the answers per second that came within that budget (goodput) and
+   each server's CPU time per answered frame (robust to whatever else the box runs).
 3. `VirtualCell.predict` requests/s and p99 at concurrency 16, against FastAPI calling the same function.
 
 The mitosis CNN is registered untrained (seeded): its weights do not change what a forward pass costs. Run it
@@ -36,6 +38,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 from rich.progress import Progress
 
 from bench._common import Config, Result, check, console, gene_reference, scratch_dir, shared_data
@@ -81,7 +84,7 @@ def _build_lake(root: Path, data: Path) -> None:
 
 
 @contextmanager
-def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[None]:
+def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
@@ -95,7 +98,7 @@ def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{cmd} not ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -106,6 +109,17 @@ def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> 
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a server: the process and its children (BentoML serves from a child)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 @dataclass
 class Load:
     ok: int
@@ -114,6 +128,12 @@ class Load:
     seconds: float
     latencies_ms: list[float]
     batch_sizes: list[int]
+    server_cpu_s: float = float("nan")
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        """Server CPU per answered request: what a request costs, whatever else the box runs meanwhile."""
+        return 1000 * self.server_cpu_s / self.ok if self.ok else float("nan")
 
     @property
     def rate(self) -> float:
@@ -126,6 +146,17 @@ class Load:
     def within(self, budget_ms: float) -> float:
         """Answers per second that arrived within `budget_ms`: what a microscope can still act on."""
         return sum(1 for t in self.latencies_ms if t <= budget_ms) / self.seconds
+
+
+def _measured(
+    pid: int, url: str, headers: dict[str, str], make: Callable[[int], dict[str, Any]], concurrency: int, seconds: float
+) -> Load:
+    """A warm-up second (the batcher learns its costs), then `seconds` of load, with the server's CPU time."""
+    asyncio.run(_load(url, headers, make, concurrency, 1.0))
+    before = _cpu_s(pid)
+    out = asyncio.run(_load(url, headers, make, concurrency, seconds))
+    out.server_cpu_s = _cpu_s(pid) - before
+    return out
 
 
 async def _load(
@@ -224,7 +255,13 @@ def _latency(lake_root: Path, url: str, token: str, frames: list[np.ndarray], n:
 
 
 def _throughput(
-    url: str, peer: str, headers: dict[str, str], frames: list[np.ndarray], seconds: float, progress: Progress
+    servers: tuple[int, int],
+    url: str,
+    peer: str,
+    headers: dict[str, str],
+    frames: list[np.ndarray],
+    seconds: float,
+    progress: Progress,
 ) -> list[Result]:
     from serving._frames import FRAME_HEADER, NPY_MEDIA_TYPE, encode_npy
     from serving.feedback import MAX_LATENCY_MS
@@ -239,11 +276,9 @@ def _throughput(
     out = []
     task = progress.add_task("feedback throughput", total=6)
     for conc in (1, 8, 32):
-        asyncio.run(_load(url + "/decide", headers, make, conc, 1.0))  # warm-up (the batcher learns its costs)
-        mine = asyncio.run(_load(url + "/decide", headers, make, conc, seconds))
+        mine = _measured(servers[0], url + "/decide", headers, make, conc, seconds)
         progress.advance(task)
-        asyncio.run(_load(peer + "/decide", {}, make, conc, 1.0))
-        theirs = asyncio.run(_load(peer + "/decide", {}, make, conc, seconds))
+        theirs = _measured(servers[1], peer + "/decide", headers, make, conc, seconds)
         progress.advance(task)
         ratio = mine.rate / theirs.rate if theirs.rate else float("inf")
         target = ">= 1.5" if conc == 32 else "report"
@@ -257,6 +292,10 @@ def _throughput(
             "errors": mine.errors + theirs.errors,
             "mean_batch": round(float(np.mean(mine.batch_sizes)), 2) if mine.batch_sizes else None,
             "budget_ms": MAX_LATENCY_MS,
+            "within_budget_per_s": round(mine.within(MAX_LATENCY_MS), 1),
+            "peer_within_budget_per_s": round(theirs.within(MAX_LATENCY_MS), 1),
+            "server_cpu_ms_per_frame": round(mine.cpu_ms_per_frame, 2),
+            "peer_server_cpu_ms_per_frame": round(theirs.cpu_ms_per_frame, 2),
         }
         out.append(
             Result(
@@ -299,17 +338,15 @@ def _throughput(
     return out
 
 
-def _predict(url: str, peer: str, headers: dict[str, str], seconds: float) -> Result:
+def _predict(servers: tuple[int, int], url: str, peer: str, headers: dict[str, str], seconds: float) -> Result:
     perts = ["STAT1", "IRF1", "SPI1", "STAT3", "SMAD4", "IFNGR2", "UBE2L6", "CD86"]
 
     def make(i: int) -> dict[str, Any]:
         chosen = [perts[(i + k) % len(perts)] for k in range(4)]
         return {"json": {"perturbations": chosen, "top_k": 10}}
 
-    asyncio.run(_load(url + "/predict", headers, make, 16, 1.0))
-    mine = asyncio.run(_load(url + "/predict", headers, make, 16, seconds))
-    asyncio.run(_load(peer + "/predict", {}, make, 16, 1.0))
-    theirs = asyncio.run(_load(peer + "/predict", {}, make, 16, seconds))
+    mine = _measured(servers[0], url + "/predict", headers, make, 16, seconds)
+    theirs = _measured(servers[1], peer + "/predict", headers, make, 16, seconds)
     return Result(
         metric="VirtualCell.predict at concurrency 16 (4 perturbations, profiles)",
         cellfarm=mine.rate,
@@ -324,6 +361,8 @@ def _predict(url: str, peer: str, headers: dict[str, str], seconds: float) -> Re
             "peer_p99_ms": round(theirs.p99, 1),
             "shed": mine.shed,
             "errors": mine.errors + theirs.errors,
+            "server_cpu_ms_per_request": round(mine.cpu_ms_per_frame, 2),
+            "peer_server_cpu_ms_per_request": round(theirs.cpu_ms_per_frame, 2),
         },
     )
 
@@ -359,17 +398,14 @@ def run(cfg: Config, progress: Progress) -> list[Result]:
         url, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
         headers = {"Authorization": f"Bearer {token}"}
         with (
-            _process([*cellfarm, "--port", str(port)], env, url + "/readyz", work / "serve.log"),
-            _process(
-                [*uvicorn, "--port", str(peer_port), "--log-level", "warning", "--no-access-log"],
-                env,
-                peer + "/readyz",
-                work / "peer.log",
-            ),
+            _process([*cellfarm, "--port", str(port)], env, url + "/readyz", work / "serve.log") as mine,
+            # uvicorn's access log on (its default), as cellfarm writes one line per request too
+            _process([*uvicorn, "--port", str(peer_port)], env, peer + "/readyz", work / "peer.log") as theirs,
         ):
+            servers = (mine.pid, theirs.pid)
             results = _latency(lake_root, url, token, frames, n_latency)
-            results += _throughput(url, peer, headers, frames, seconds, progress)
-            results.append(_predict(url, peer, headers, seconds))
+            results += _throughput(servers, url, peer, headers, frames, seconds, progress)
+            results.append(_predict(servers, url, peer, headers, seconds))
         shutil.rmtree(work / "bentoml", ignore_errors=True)
     return results
 

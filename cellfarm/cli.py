@@ -295,15 +295,45 @@ def serve(
 
 
 @app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (cellfarm serve takes 3000)")] = 3001,
+    drop: Annotated[
+        str | None,
+        typer.Option(envvar="CELLFARM_DROP", help="Drop folder the sensors watch (default: drop/ beside the lake)"),
+    ] = None,
+    dagster_home: Annotated[
+        str | None,
+        typer.Option(envvar="DAGSTER_HOME", help="Dagster instance folder (default: dagster/ beside the lake)"),
+    ] = None,
+    seed: Annotated[
+        bool, typer.Option(help="Link the shared Perturb-seq and HPA files into an empty drop folder (make ui does)")
+    ] = False,
+) -> None:
+    """The Dagster UI (dagster dev: webserver + daemon) on the lake's assets, until Ctrl-C."""
+    from cellfarm._ui import run_ui, ui_places
+
+    places = ui_places(state.lake_uri, drop=drop, dagster_home=dagster_home)
+    code = run_ui(places, host=host, port=port, seed=seed, console=err)
+    if code:
+        raise SystemExit(code)
+
+
+@app.command()
 def demo(
     data: Annotated[
         Path | None, typer.Option(help="Folder of the shared data [default: ../shared/data when present]")
     ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="A smaller loop: two model kinds, a short CNN training, 2 microscopes, one seed")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port for the BentoML services (another free one if taken)")] = 3000,
 ) -> None:
-    """Run the whole loop on embedded defaults (for now: the ingest part)."""
-    from cellfarm._demo import run_demo
+    """Run the whole loop on embedded defaults: ingest, train and promote, serve, a twin farm, the experiment."""
+    from cellfarm._demo import DemoSize, run_demo
 
-    run_demo(state.lake_uri, data=data, console=err, print_table=print_table)
+    size = DemoSize.small() if quick else DemoSize()
+    run_demo(state.lake_uri, data=data, console=err, print_table=print_table, size=size, port=port)
 
 
 def main() -> None:

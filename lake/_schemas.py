@@ -323,6 +323,46 @@ PREDICTIONS = TableSpec(
     ),
 )
 
+POLICY_RUNS = TableSpec(
+    name="policy_runs",
+    version=1,
+    doc="one row per policy x seed of a smart-microscopy experiment on the digital twin, scored against its truth",
+    keys=("experiment_id", "policy", "seed"),
+    schema=_schema(
+        ("experiment_id", _STR, False),
+        ("policy", _STR, False),  # fixed-fast | fixed-slow | smart | ...
+        ("seed", pa.int64(), False),  # the twin's seed: the same plate for every policy
+        ("run_id", _STR),  # the acquisition run: its frames, decisions and twin_events
+        ("status", _STR),  # the run's status
+        ("model", _STR),  # who decided (null: a fixed schedule)
+        ("model_version", _STR),
+        ("settings", _STR),  # JSON: the policy's schedule and light, the twin and the scoring rule
+        # the scored window of the twin's clock, the same for every policy of the experiment
+        ("window_start_sim_s", pa.float64()),
+        ("window_end_sim_s", pa.float64()),
+        ("divisions", pa.int64()),  # divisions that start and end inside the window, in the imaged fields
+        ("divisions_imaged", pa.int64()),  # ... with at least one time point during mitosis
+        ("divisions_captured", pa.int64()),  # ... with at least `min_frames` time points during mitosis
+        ("min_frames", pa.int32()),
+        ("capture_fraction", pa.float64()),
+        ("light_dose", pa.float64()),  # sum over frames of light power (%) x exposure (ms), the twin's dose unit
+        ("frames", pa.int64()),
+        ("time_points", pa.int64()),  # distinct (position, time index): a z-stack is one time point
+        ("bytes", pa.int64()),  # stored: the run's OME-Zarr on storage (compressed, with its pyramid)
+        ("bytes_raw", pa.int64()),  # pixels x bytes per pixel, as acquired
+        ("cells_harmed", pa.int64()),  # cells in the imaged fields that the light arrested or killed
+        ("cells_dead", pa.int64()),
+        ("mean_cell_dose", pa.float64()),  # light dose the imaged fields' cells got, mean and most exposed
+        ("max_cell_dose", pa.float64()),
+        ("decisions", pa.int64()),
+        ("decision_p50_ms", pa.float64()),  # latency, frame acquired -> decision, over the run's decisions
+        ("decision_p99_ms", pa.float64()),
+        ("started_at", _TS),
+        ("ended_at", _TS),
+        ("recorded_at", _TS, False),
+    ),
+)
+
 TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
@@ -338,6 +378,7 @@ TABLES: dict[str, TableSpec] = {
         MODELS,
         EVALUATIONS,
         PREDICTIONS,
+        POLICY_RUNS,
     )
 }
 

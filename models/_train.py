@@ -14,7 +14,7 @@ from typing import Any, Literal
 import lake
 from models import _baselines, _latent  # noqa: F401  (importing registers their kinds)
 from models._base import KINDS, PerturbationModel
-from models._data import load_perturb_data
+from models._data import Snapshot, load_perturb_data
 from models._errors import InvalidTrainingDataError
 from models._features import build_gene_features
 from models._registry import ModelRecord, register
@@ -69,11 +69,13 @@ def train(
     on_missing_features: Literal["fallback", "error"] = "fallback",
     tune: bool = False,
     tune_trials: int = 4,
+    at: Snapshot | None = None,
 ) -> ModelRecord:
     """Train one model and register it as a `candidate` version; returns its registry record.
 
     `tune`: first a small Ray Tune search of the learned model's hyperparameters, scored on validation
     perturbations carved from the training split (`models._tune`); the best config then trains the model.
+    `at`: read the data as pinned by a `Snapshot` (e.g. a training set pinned beforehand) instead of as it is now.
     """
     base = dict(params or {}, seed=seed) if kind == "latent-shift" else dict(params or {})
     model = _new(kind, base)  # an unknown kind fails here, before any data is read
@@ -82,7 +84,7 @@ def train(
         raise InvalidTrainingDataError(f"--tune searches latent-shift's hyperparameters; {kind} is {what}")
     if tune and tune_trials < 1:
         raise InvalidTrainingDataError(f"--tune-trials must be 1 or more, not {tune_trials}")
-    data = load_perturb_data(target, dataset)
+    data = load_perturb_data(target, dataset, at=at)
     chosen = make_split(data, kind=split, holdout=holdout, fraction=fraction, seed=seed)
     train_set, _ = chosen.apply(data)
     features = build_gene_features(target, data)

@@ -27,6 +27,9 @@ __all__ = ["ServiceBase", "current_status", "guard_config", "unprocessable"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# uvicorn logs every request a second time after BentoML's own access line (which adds content types, sizes
+# and latency): at a farm's frame rate the duplicate costs each /decide request a measurable share of its CPU
+_DUPLICATE_ACCESS_LOG = "uvicorn.access"
 
 
 def unprocessable(exc: Exception) -> UnprocessableEntity:
@@ -39,6 +42,7 @@ class ServiceBase:
     service_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
+        logging.getLogger(_DUPLICATE_ACCESS_LOG).setLevel(logging.WARNING)
         self.settings = Settings.from_env()
         if self.settings.torch_threads:
             import torch

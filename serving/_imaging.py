@@ -13,7 +13,6 @@ points (not again while that burst lasts). Its memory is per run, for the newest
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -47,7 +46,6 @@ FALLBACK_NAME = "mitosis-detector (fallback)"
 _MAX_RUNS = 1024
 _BURST, _BURST_INTERVAL_S = 4, 0.25
 _MIN_POWER = 5.0
-_CPU_PASS = 2  # frames per forward pass on a CPU
 
 
 Detector = Callable[[npt.NDArray[Any]], Sequence["DetectionLike"]]  # a string: acquisition loads lazily
@@ -109,52 +107,19 @@ class Scored:
     event_score: float
 
 
-def _learned_batch(detector: Any, images: list[npt.NDArray[Any]]) -> list[Scored]:
-    """One forward pass per group of same-shape frames: what adaptive batching buys on a CNN.
-
-    Uses the detector's own preparation and area measure so that a batched answer is the single-frame
-    answer (tests/serving check it frame by frame).
-    """
-    import torch
-
-    from models.imaging import find_peaks
-    from models.imaging._detector import _area_px
-
-    prepared = [detector._prepare(img) for img in images]  # (normalised, net input, has nuclei)
-    out: list[Scored | None] = [None] * len(images)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (_, x, _) in enumerate(prepared):
-        groups.setdefault(tuple(x.shape), []).append(i)
-    # On a CPU, 2-frame passes are fastest per frame (measured on 512 x 512: 6.7 ms/frame for 2, 8.7 for 1,
-    # 12.6 for 8: bigger activations fall out of cache); a GPU takes the whole batch at once.
-    step = len(images) if detector.device.type == "cuda" else _CPU_PASS
-    chunks = [idx[k : k + step] for idx in groups.values() for k in range(0, len(idx), step)]
-    for idx in chunks:
-        batch = torch.cat([prepared[i][1] for i in idx])
-        with torch.inference_mode():
-            probs = torch.sigmoid(detector.net(batch))[:, 0].cpu().numpy()
-        for k, i in enumerate(idx):
-            norm, _, nuclei = prepared[i]
-            prob = probs[k]
-            h, w = norm.shape
-            ph, pw = math.ceil(h / 4), math.ceil(w / 4)
-            if not nuclei:
-                out[i] = Scored([], 0.0)
-                continue
-            peaks = [(y, xx, p) for y, xx, p in find_peaks(prob, detector.threshold) if y < h and xx < w]
-            dets = [FrameDetection(y=y, x=xx, score=p, area_px=_area_px(norm, y, xx)) for y, xx, p in peaks]
-            dets.sort(key=lambda d: -d.score)
-            out[i] = Scored(dets, float(prob[:ph, :pw].max()))
-    return [s for s in out if s is not None]
+def _served(d: DetectionLike) -> FrameDetection:
+    return FrameDetection(y=float(d.y), x=float(d.x), score=float(d.score), area_px=int(d.area_px))
 
 
 def detect_batch(state: DetectorState, images: list[npt.NDArray[Any]]) -> list[Scored]:
     if state.learned:
-        return _learned_batch(state.detector, images)
+        return [
+            Scored([_served(d) for d in found.detections], found.event_score)
+            for found in state.detector.detect_batch(images)
+        ]
     scored = []
     for img in images:
-        found = list(state.detector(img))
-        dets = [FrameDetection(y=float(d.y), x=float(d.x), score=float(d.score), area_px=int(d.area_px)) for d in found]
+        dets = [_served(d) for d in state.detector(img)]
         scored.append(Scored(dets, max((d.score for d in dets), default=0.0)))
     return scored
 

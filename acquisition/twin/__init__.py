@@ -41,4 +41,11 @@ __all__ = [
     "TwinShutter",
     "TwinXYStage",
     "create_twin_core",
+    "frozen_plate",
 ]
+
+
+def frozen_plate(seed: int, size: int) -> TwinSample:
+    """The twin's plate `seed` with its clock frozen and a `size` x `size` camera: the imaging model's training
+    and held-out data (a `models.imaging.PlateFactory`)."""
+    return TwinSample(TwinConfig(seed=seed, time_scale=0, width=size, height=size))

@@ -16,13 +16,15 @@ picklable recipe that loads it in the agent's process.
 """
 
 from models.imaging._data import MARGIN_UM, LabelledFrames, Plate, PlateFactory, make_training_frames, render_frames
-from models.imaging._detector import ARTIFACT_FORMAT, KIND, ImagingMitosisDetector, MitosisDetection
+from models.imaging._detector import ARTIFACT_FORMAT, KIND, FrameDetections, ImagingMitosisDetector, MitosisDetection
 from models.imaging._evaluate import MATCH_RADIUS_PX, Located, Scores, evaluate, match_detections, scores_from_counts
 from models.imaging._net import STRIDE, MitosisNet, Normalisation, find_peaks
 from models.imaging._registry import (
     HELDOUT_LIGHT,
     HELDOUT_TWIN_SEEDS,
+    PROMOTION_F1_TOLERANCE,
     detector_factory,
+    detector_gate,
     heldout_metrics,
     load_artifact,
     load_detector,
@@ -30,6 +32,7 @@ from models.imaging._registry import (
     resolve_detector,
     trained_on,
 )
+from models.imaging._release import DetectorRelease, release_detector
 from models.imaging._train import (
     DEFAULT_TWIN_SEEDS,
     VALIDATION_TWIN_SEED,
@@ -47,8 +50,11 @@ __all__ = [
     "KIND",
     "MARGIN_UM",
     "MATCH_RADIUS_PX",
+    "PROMOTION_F1_TOLERANCE",
     "STRIDE",
     "VALIDATION_TWIN_SEED",
+    "DetectorRelease",
+    "FrameDetections",
     "ImagingMitosisDetector",
     "LabelledFrames",
     "Located",
@@ -61,6 +67,7 @@ __all__ = [
     "TrainProgress",
     "calibrate_threshold",
     "detector_factory",
+    "detector_gate",
     "evaluate",
     "find_peaks",
     "heatmap_targets",
@@ -70,6 +77,7 @@ __all__ = [
     "make_training_frames",
     "match_detections",
     "register_detector",
+    "release_detector",
     "render_frames",
     "resolve_detector",
     "scores_from_counts",

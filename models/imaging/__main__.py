@@ -33,6 +33,7 @@ from models.imaging._detector import KIND, ImagingMitosisDetector
 from models.imaging._evaluate import Located, match_detections, scores_from_counts
 from models.imaging._registry import (
     HELDOUT_TWIN_SEEDS,
+    detector_gate,
     heldout_metrics,
     load_detector,
     register_detector,
@@ -84,22 +85,9 @@ def _register(args: argparse.Namespace, det: ImagingMitosisDetector) -> int:
     return 0
 
 
-# How much F1 the CNN may give up to the classical detector in the default light, where the classical one is
-# near perfect on the twin (a trained CNN: 0.99 against 1.00 over 80 held-out fields), as long as it wins in
-# dim light, where the classical one finds nothing: the trade the feedback loop wants (less light, same calls).
-PROMOTION_F1_TOLERANCE = 0.05
-
-
 def _promote(target: lake.Lake, record: ModelRecord) -> int:
-    """The gate for the feedback loop: about as good as the classical detector in the default light, better in dim."""
-    m = record.metrics
-    if missing := [k for k in ("f1", "baseline_f1", "dim_f1", "baseline_dim_f1") if k not in m]:
-        why = f"no held-out {', '.join(missing)} (register it with `python -m models.imaging register`)"
-    elif m["f1"] < m["baseline_f1"] - PROMOTION_F1_TOLERANCE:
-        why = f"F1 {m['f1']:.2f} in the default light, the classical detector's {m['baseline_f1']:.2f}"
-    elif m["dim_f1"] <= m["baseline_dim_f1"]:
-        why = f"F1 {m['dim_f1']:.2f} in dim light, not above the classical detector's {m['baseline_dim_f1']:.2f}"
-    else:
+    passed, why = detector_gate(record)
+    if passed:
         set_stage(target, record, "production")
         print(f"promoted {record.ref} to production")
         return 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -23,12 +24,15 @@ from models._artifacts import write_atomically
 from models._errors import ArtifactError
 from models.imaging._net import STRIDE, MitosisNet, Normalisation, find_peaks
 
-__all__ = ["ARTIFACT_FORMAT", "KIND", "ImagingMitosisDetector", "MitosisDetection"]
+__all__ = ["ARTIFACT_FORMAT", "KIND", "FrameDetections", "ImagingMitosisDetector", "MitosisDetection"]
 
 ARTIFACT_FORMAT = "cellfarm.mitosis-cnn/1"
 KIND = "mitosis-cnn"  # the registry's `kind` of these models (and the default registry name)
 _WEIGHTS, _META = "weights.pt", "model.json"
 _AREA_RADIUS = 10  # a mitotic nucleus is ~9 px across: its area is measured within this many pixels
+# On a CPU, 2-frame forward passes are fastest per frame (measured on 512 x 512: 6.7 ms/frame for 2, 8.7 for 1,
+# 12.6 for 8: bigger activations fall out of cache); a GPU takes a whole batch at once.
+_CPU_PASS = 2
 
 
 def _area_px(norm: npt.NDArray[np.float32], y: float, x: float) -> int:
@@ -54,6 +58,13 @@ class MitosisDetection:
     x: float
     score: float
     area_px: int
+
+
+class FrameDetections(NamedTuple):
+    """One frame's answer in a batch: its detections, and its event score (the heat map's maximum, 0-1)."""
+
+    detections: list[MitosisDetection]
+    event_score: float
 
 
 class ImagingMitosisDetector:
@@ -138,9 +149,47 @@ class ImagingMitosisDetector:
             return norm, []
         with torch.inference_mode():
             prob = torch.sigmoid(self.net(x))[0, 0].cpu().numpy()
+        return norm, self._frame_peaks(norm, prob, threshold)
+
+    @staticmethod
+    def _frame_peaks(
+        norm: npt.NDArray[np.float32], prob: npt.NDArray[np.float32], threshold: float
+    ) -> list[tuple[float, float, float]]:
         h, w = norm.shape
         # peaks in the padding (frames not a multiple of 4 pixels) are not in the frame
-        return norm, [(y, xx, p) for y, xx, p in find_peaks(prob, threshold) if y < h and xx < w]
+        return [(y, xx, p) for y, xx, p in find_peaks(prob, threshold) if y < h and xx < w]
+
+    @staticmethod
+    def _detections(norm: npt.NDArray[np.float32], peaks: list[tuple[float, float, float]]) -> list[MitosisDetection]:
+        found = [MitosisDetection(y=y, x=x, score=p, area_px=_area_px(norm, y, x)) for y, x, p in peaks]
+        found.sort(key=lambda d: -d.score)
+        return found
+
+    def detect_batch(
+        self, images: Sequence[npt.NDArray[Any]], *, pass_size: int | None = None
+    ) -> list[FrameDetections]:
+        """Detect in many frames with batched forward passes: what adaptive batching buys on a CNN.
+
+        Frames of one shape share passes of `pass_size` frames (default: the whole batch on a GPU, 2 on a CPU).
+        Each frame's detections equal those of a single-frame call.
+        """
+        prepared = [self._prepare(np.asarray(img)) for img in images]
+        step = pass_size or (len(images) if self.device.type == "cuda" else _CPU_PASS)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, x, _) in enumerate(prepared):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        out: list[FrameDetections] = [FrameDetections([], 0.0)] * len(prepared)
+        for idx in (ids[k : k + step] for ids in groups.values() for k in range(0, len(ids), step)):
+            with torch.inference_mode():
+                probs = torch.sigmoid(self.net(torch.cat([prepared[i][1] for i in idx])))[:, 0].cpu().numpy()
+            for prob, i in zip(probs, idx, strict=True):
+                norm, _, nuclei = prepared[i]
+                if nuclei:
+                    h, w = norm.shape
+                    peaks = self._frame_peaks(norm, prob, self.threshold)
+                    score = float(prob[: math.ceil(h / STRIDE), : math.ceil(w / STRIDE)].max())
+                    out[i] = FrameDetections(self._detections(norm, peaks), score)
+        return out
 
     def peaks(self, image: npt.ArrayLike, threshold: float | None = None) -> list[tuple[float, float, float]]:
         """(row, col, probability) of the heat map's peaks at or above `threshold` (default: the detector's)."""
@@ -154,9 +203,7 @@ class ImagingMitosisDetector:
         if img.ndim == 2 and img.size == 0:
             return []
         norm, peaks = self._peaks(img, self.threshold)
-        found = [MitosisDetection(y=y, x=x, score=p, area_px=_area_px(norm, y, x)) for y, x, p in peaks]
-        found.sort(key=lambda d: -d.score)
-        return found
+        return self._detections(norm, peaks)
 
     # ------------------------------------------------------------------ artifact
 

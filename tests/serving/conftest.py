@@ -75,26 +75,25 @@ def serve_lake(papalexi_lake: lake.Lake, tmp_path_factory: pytest.TempPathFactor
     return target
 
 
-@pytest.fixture(scope="session")
-def server(serve_lake: lake.Lake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("bentoml")
+@contextlib.contextmanager
+def run_server(target: lake.Lake, home: Path, **settings: str) -> Iterator[Server]:
+    """`cellfarm serve` over `target` on a free port of 127.0.0.1, ready, until the block ends; `settings` are
+    more environment variables (`CELLFARM_SERVE_*`). BentoML's home and the server's log live in `home`."""
     log = home / "server.log"
     port = free_port()
     env = {
         **os.environ,
         "CELLFARM_API_TOKEN": TOKEN,
         "CELLFARM_GENE_REFERENCE": str(need(GENE_REF)),
-        "CELLFARM_SERVE_POLL_S": "1",
-        "CELLFARM_SERVE_LOG_FLUSH_S": "0.2",
-        "CELLFARM_SERVE_MAX_INFLIGHT_VC": "2",  # small, so that the overload test sheds with a few requests
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "True",
+        **settings,
     }
     env.pop("CELLFARM_LAKE", None)
-    cmd = [str(CELLFARM), "--lake", serve_lake.root, "serve", "--port", str(port)]
+    cmd = [str(CELLFARM), "--lake", target.root, "serve", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", TOKEN, serve_lake, log)
+    srv = Server(f"http://127.0.0.1:{port}", TOKEN, target, log)
     try:
         deadline = time.monotonic() + STARTUP_S
         while True:
@@ -113,3 +112,15 @@ def server(serve_lake: lake.Lake, tmp_path_factory: pytest.TempPathFactory) -> I
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)
         kill_session(proc.pid)  # whatever is left of its process session
+
+
+@pytest.fixture(scope="session")
+def server(serve_lake: lake.Lake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(
+        serve_lake,
+        tmp_path_factory.mktemp("bentoml"),
+        CELLFARM_SERVE_POLL_S="1",
+        CELLFARM_SERVE_LOG_FLUSH_S="0.2",
+        CELLFARM_SERVE_MAX_INFLIGHT_VC="2",  # small, so that the overload test sheds with a few requests
+    ) as srv:
+        yield srv

@@ -93,6 +93,18 @@ def test_detections_are_in_the_frame_sorted_and_scored(trained: Trained, bright:
         det(np.zeros((2, 64, 64), np.uint16))
 
 
+def test_a_batch_answers_as_single_frames_do(trained: Trained, bright: LabelledFrames) -> None:
+    det, _, _ = trained
+    blank = np.full((256, 256), 100, np.uint16)
+    frames = [bright.images[0], bright.images[1][:250, :253], blank, bright.images[2], bright.images[3]]
+    for pass_size in (None, 1, 3):  # shapes grouped, passes of any size
+        batch = det.detect_batch(frames, pass_size=pass_size)
+        assert [b.detections for b in batch] == [det(f) for f in frames]
+    assert batch[0].detections
+    assert batch[0].event_score == max(d.score for d in batch[0].detections)
+    assert batch[2] == ([], 0.0)  # no nuclei: nothing to score
+
+
 def test_no_detections_on_blank_frames(trained: Trained) -> None:
     det, _, _ = trained
     rng = np.random.default_rng(0)
