@@ -259,3 +259,17 @@ def test_ctrl_c_stops_everything(ui: Ui) -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{ui.url}/server_info", timeout=2.0)
     assert "stopping the Dagster UI" in _tail(ui.log)
+
+
+def test_seed_links_the_shared_sources_into_an_empty_drop_folder(tmp_path: Path) -> None:
+    from cellfarm._ui import seed_drop
+    from tests.conftest import PAPALEXI
+
+    need(PAPALEXI)
+    drop = tmp_path / "drop"
+    for kind in ("atlas", "hpa"):
+        (drop / kind).mkdir(parents=True)
+    linked = seed_drop(drop)
+    assert sorted(p.relative_to(drop).as_posix() for p in linked) == ["atlas/papalexi2021.h5ad", f"hpa/{HPA.name}"]
+    assert {p.resolve() for p in linked} == {PAPALEXI.resolve(), HPA.resolve()}
+    assert seed_drop(drop) == []  # a folder with files is the user's: left alone
