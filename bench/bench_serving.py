@@ -25,13 +25,10 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +39,7 @@ import psutil
 from rich.progress import Progress
 
 from bench._common import Config, Result, check, console, gene_reference, scratch_dir, shared_data
+from cellfarm._server import running
 
 NAME = "serving"
 PAPALEXI = "singlecell/papalexi2021_thp1_sceptre_subset.h5ad"
@@ -81,32 +79,6 @@ def _build_lake(root: Path, data: Path) -> None:
     torch.manual_seed(0)
     cnn = register_detector(target, ImagingMitosisDetector(MitosisNet(), version="0", threshold=0.5))
     models.set_stage(target, cnn, "production")
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd} not ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _cpu_s(pid: int) -> float:
@@ -395,12 +367,17 @@ def run(cfg: Config, progress: Progress) -> list[Result]:
         env.pop("CELLFARM_LAKE", None)
         cellfarm = [str(Path(sys.executable).parent / "cellfarm"), "--lake", str(lake_root), "serve"]
         uvicorn = [sys.executable, "-m", "uvicorn", "bench._serving_peer:peer_app", "--factory"]
+        common: dict[str, Any] = {"env": env, "startup_s": 300, "cwd": ROOT}
         url, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
         headers = {"Authorization": f"Bearer {token}"}
         with (
-            _process([*cellfarm, "--port", str(port)], env, url + "/readyz", work / "serve.log") as mine,
+            running(
+                [*cellfarm, "--port", str(port)], ready_url=url + "/readyz", log=work / "serve.log", **common
+            ) as mine,
             # uvicorn's access log on (its default), as cellfarm writes one line per request too
-            _process([*uvicorn, "--port", str(peer_port)], env, peer + "/readyz", work / "peer.log") as theirs,
+            running(
+                [*uvicorn, "--port", str(peer_port)], ready_url=peer + "/readyz", log=work / "peer.log", **common
+            ) as theirs,
         ):
             servers = (mine.pid, theirs.pid)
             results = _latency(lake_root, url, token, frames, n_latency)

@@ -99,9 +99,9 @@ def seed_drop(drop: Path) -> list[Path]:
 
 def run_ui(places: UiPlaces, *, host: str, port: int, seed: bool = False, console: _Console) -> int:
     """Run ``dagster dev`` until it exits, or until SIGINT / SIGTERM stops it; its exit status."""
-    from serving._cli import _check_address  # the one check of a bind address, shared with `cellfarm serve`
+    from serving._cli import check_address  # the one check of a bind address, shared with `cellfarm serve`
 
-    host = _check_address(host, port)
+    host = check_address(host, port)
     write_instance_config(places.dagster_home)
     for kind in ("atlas", "hpa"):  # where the drop-folder sensors look: made visible to a newcomer
         (places.drop / kind).mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ def _schema_check(table: str) -> Callable[[lake.Lake], dg.AssetCheckResult]:
     spec = lake.TABLES[table]
 
     def check(target: lake.Lake) -> dg.AssetCheckResult:
-        meta = target.table(table).metadata()
-        found = lake.TableSpec.parse_version(meta.description)
-        actual = pa.schema(target.table(table).schema().to_arrow())
+        delta = target.table(table)
+        found = lake.TableSpec.parse_version(delta.metadata().description)
+        actual = pa.schema(delta.schema().to_arrow())
         missing = [f.name for f in spec.schema if f.name not in actual.names]
         wrong = [f.name for f in spec.schema if f.name in actual.names and actual.field(f.name).type != f.type]
         return dg.AssetCheckResult(

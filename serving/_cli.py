@@ -12,7 +12,7 @@ from typing import Protocol
 import lake
 from serving._config import ENV_TOKEN
 
-__all__ = ["SERVICE", "serve"]
+__all__ = ["SERVICE", "check_address", "serve"]
 
 SERVICE = "serving.service:CellFarm"
 ROOT = Path(__file__).resolve().parents[1]  # the folder holding the `serving` package: BentoML's working dir
@@ -22,7 +22,7 @@ class _Console(Protocol):
     def print(self, *objects: object, highlight: bool | None = None, soft_wrap: bool | None = None) -> None: ...
 
 
-def _check_address(host: str, port: int) -> str:
+def check_address(host: str, port: int) -> str:
     """The address to bind (an IP: BentoML takes no host names), checked free; one-line errors otherwise."""
     host = "127.0.0.1" if host == "localhost" else host
     try:
@@ -42,7 +42,7 @@ def _check_address(host: str, port: int) -> str:
 
 def serve(target: lake.Lake, *, host: str, port: int, console: _Console) -> None:
     """Serve the lake's production models; blocks until SIGINT / SIGTERM."""
-    host = _check_address(host, port)
+    host = check_address(host, port)
     # The worker processes BentoML starts read their settings from the environment they inherit.
     os.environ[lake.ENV_LAKE] = target.root
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")  # no usage reports from a lab's server

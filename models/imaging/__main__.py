@@ -56,9 +56,9 @@ SETTINGS: tuple[tuple[float, float, float], ...] = (
 
 def twin_plate(seed: int, size: int) -> Plate:
     """The digital twin's plate `seed` with a frozen clock and a `size` x `size` camera (a `PlateFactory`)."""
-    from acquisition.twin import TwinConfig, TwinSample
+    from acquisition.twin import frozen_plate
 
-    return TwinSample(TwinConfig(seed=seed, time_scale=0, width=size, height=size))
+    return frozen_plate(seed, size)
 
 
 def classical(image: npt.NDArray[Any]) -> Sequence[Located]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import pytest
 
 import lake
 import models
+from cellfarm._server import running
 from serving.client import Client, FeedbackClient
 from tests.conftest import CELLFARM, GENE_REF, need
 from tests.models.conftest import HOLDOUT, free_port, kill_session
@@ -91,27 +90,15 @@ def run_server(target: lake.Lake, home: Path, **settings: str) -> Iterator[Serve
     }
     env.pop("CELLFARM_LAKE", None)
     cmd = [str(CELLFARM), "--lake", target.root, "serve", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     srv = Server(f"http://127.0.0.1:{port}", TOKEN, target, log)
+    pid: int | None = None
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"cellfarm serve exited with {proc.returncode}:\n{srv.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(srv.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"cellfarm serve not ready after {STARTUP_S} s:\n{srv.tail()}")
-            time.sleep(0.5)
-        yield srv
+        with running(cmd, env=env, ready_url=srv.url + "/readyz", log=log, startup_s=STARTUP_S) as proc:
+            pid = proc.pid
+            yield srv
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # the arbiter stops its workers
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-        kill_session(proc.pid)  # whatever is left of its process session
+        if pid is not None:
+            kill_session(pid)  # whatever is left of its process session
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,14 @@ from typing import NamedTuple
 
 import pytest
 
-from acquisition.twin import TwinConfig, TwinSample
+from acquisition.twin import frozen_plate
 from models.imaging import ImagingMitosisDetector, TrainProgress, train_mitosis_model
 
 HELD_OUT_SEED = 7  # neither a training (1000-1007) nor the validation (1999) plate
 TINY = {"n_frames": 64, "epochs": 8, "n_val_frames": 32, "seed": 0}
 
 
-def twin_plate(seed: int, size: int) -> TwinSample:
-    """A `PlateFactory`: the twin's plate `seed`, clock frozen, with a `size` x `size` camera."""
-    return TwinSample(TwinConfig(seed=seed, time_scale=0, width=size, height=size))
+twin_plate = frozen_plate  # the twin's plate `seed`, clock frozen, with a `size` x `size` camera
 
 
 class Trained(NamedTuple):
