@@ -14,6 +14,7 @@ trained models are no-ops; the experiment's rows are upserted by experiment id).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -149,19 +150,18 @@ def run_demo(
             target, out_dir=home / "artifacts" / "mitosis-cnn", options=size.cnn, console=console
         )
     token = os.environ.get("CELLFARM_API_TOKEN") or secrets.token_urlsafe(24)
-    with step(3, "serve the promoted models (BentoML on 127.0.0.1)"):
-        server_cm = background_server(target, token=token, log=home / "logs" / "serve.log", port=_free(port))
-        server = server_cm.__enter__()
-        console.print(f"serving at {server.url} (log {server.log})", highlight=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        with step(3, "serve the promoted models (BentoML on 127.0.0.1)"):
+            # pushed first, so it prints after the server has stopped, however the steps below end
+            stack.callback(console.print, "stopped the BentoML server", highlight=False)
+            log = home / "logs" / "serve.log"
+            server = stack.enter_context(background_server(target, token=token, log=log, port=_free(port)))
+            console.print(f"serving at {server.url} (log {server.log})", highlight=False)
         os.environ["CELLFARM_API_TOKEN"] = token  # the agent processes' client reads it
         with step(4, f"a farm of {size.microscopes} twin microscopes, remote policy"):
             farm_runs = _farm(target, server.url, size, home, console)
         with step(5, "the smart-microscopy experiment"):
             experiment = _experiment(target, server.url, token, size, home, console)
-    finally:
-        server_cm.__exit__(None, None, None)
-        console.print("stopped the BentoML server", highlight=False)
 
     for title, sql in QUERIES.items():
         console.rule(title)

@@ -56,12 +56,12 @@ with warnings.catch_warnings():
 
 
 IMAGING_CHECKS = [
-    *table_checks("acquisition_runs", "acquisition_runs"),
-    *table_checks("frames", "frames"),
+    table_checks("acquisition_runs", "acquisition_runs"),
+    table_checks("frames", "frames"),
     frames_fresh,
-    *table_checks("objects", "objects", min_rows=0),  # a run may have no dividing cell
+    table_checks("objects", "objects", min_rows=0),  # a run may have no dividing cell
     frames_chunks_exist,
     # a run without a policy decides nothing; a run on real hardware has no ground truth
-    *table_checks("decisions", "decisions", min_rows=0),
-    *table_checks("twin_events", "twin_events", min_rows=0),
+    table_checks("decisions", "decisions", min_rows=0),
+    table_checks("twin_events", "twin_events", min_rows=0),
 ]

@@ -12,7 +12,7 @@ __all__ = ["TRAINING_CHECKS"]
 
 TRAINING_CHECKS = [
     *GATE_CHECKS,
-    *(c for kind in models.kinds() for c in table_checks(model_key(kind), "models")),
-    *table_checks("model_mitosis_cnn", "models"),
-    *(c for kind in CANDIDATE_KINDS for c in table_checks(evaluation_key(kind), "evaluations")),
+    *(table_checks(model_key(kind), "models") for kind in models.kinds()),
+    table_checks("model_mitosis_cnn", "models"),
+    *(table_checks(evaluation_key(kind), "evaluations") for kind in CANDIDATE_KINDS),
 ]
