@@ -28,8 +28,12 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# Two workers, a test file per worker at a time (its module fixtures stay shared): most tests wait on servers,
+# Ray and subprocesses, so the second core is busy while the first waits.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
+
 pytest: setup
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

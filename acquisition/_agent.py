@@ -65,9 +65,11 @@ class Agent:
         self._on_frame = on_frame
         self._sink_options = sink_options or {}
         self._abort = threading.Event()
+        self._abort_reason = "aborted by operator"
 
-    def abort(self) -> None:
-        """Stop after the current event; the run ends as `aborted`."""
+    def abort(self, reason: str = "aborted by operator") -> None:
+        """Stop after the current event; the run ends as `aborted`, with `reason` as its error."""
+        self._abort_reason = reason
         self._abort.set()
         self.microscope.core.mda.cancel()
 
@@ -175,7 +177,7 @@ class Agent:
                 loop.close()
             sink.close()
         if self._abort.is_set() and status == "completed":
-            status, error = "aborted", "aborted by operator"
+            status, error = "aborted", self._abort_reason
         if sink.error is not None:
             status, error = "failed", f"writing to the lake failed: {_one_line(sink.error)}"
         summary: dict[str, Any] = {

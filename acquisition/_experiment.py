@@ -263,7 +263,7 @@ def run_policy_experiment(
             progress("policy experiment", len(runs), total)
     summaries = [summarize(name, [r for r in runs if r.policy == name]) for name in arms]
     claim = verdict(runs)
-    folder = Path(plots_dir) if plots_dir is not None else Path(target.root) / "reports" / "policy_experiments"
+    folder = Path(plots_dir) if plots_dir is not None else lake.reports_dir(target.root) / "policy_experiments"
     path = plot_experiment(runs, claim, folder / f"policy_experiment_{experiment_id}.png")
     return ExperimentResult(
         experiment_id=experiment_id, config=config, runs=runs, summaries=summaries, verdict=claim, plot=path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from lake import (
     LakeError,
     OmeZarrImage,
     Progress,
+    delete_images,
     ingest_transaction,
+    list_images,
     null_progress,
     resolve_source,
     sha256_file,
@@ -257,7 +258,7 @@ def _remove_run(lake: Lake, run_id: str) -> None:
     images. Called before an import writes (a crashed attempt's leftovers) and when it fails."""
     for table in ("acquisition_runs", "objects", "frames"):  # the run row first: its rows turn invisible at once
         lake.delete(table, f"run_id = {_sql(run_id)}")
-    shutil.rmtree(Path(lake.settings.uri("images", run_id)), ignore_errors=True)
+    delete_images(lake.settings.uri("images", run_id))
 
 
 def _recover_imports(lake: Lake) -> list[str]:
@@ -269,9 +270,7 @@ def _recover_imports(lake: Lake) -> list[str]:
     found = set(runs["run_id"].to_pylist())
     for table in ("frames", "objects"):
         found |= {p["run_id"] for p in lake.table(table).partitions() if str(p["run_id"]).startswith(_PREFIX)}
-    images = Path(lake.settings.uri("images"))
-    if images.is_dir():
-        found |= {d.name for d in images.iterdir() if d.name.startswith(_PREFIX)}
+    found |= {name for name in list_images(lake.settings.uri("images")) if name.startswith(_PREFIX)}
     orphans = sorted(found - registered)
     for run_id in orphans:
         _remove_run(lake, run_id)

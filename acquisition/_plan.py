@@ -27,6 +27,9 @@ def load_plan(path: str | Path) -> useq.MDASequence:
         data: Any = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        if isinstance(e, yaml.MarkedYAMLError) and e.problem and mark is not None:  # what, and where
+            first = f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})"
         raise InvalidInputError(f"plan {path} does not parse: {first}") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"plan {path} must be a mapping of MDASequence fields, got {type(data).__name__}")

@@ -7,11 +7,11 @@ so the next start can tell a dead run from another agent's live one and mark onl
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow.compute as pc
@@ -24,17 +24,18 @@ RunStatus = Literal["running", "completed", "failed", "aborted"]
 
 
 def new_run_id(microscope_id: str) -> str:
+    # the run id names the run's images and lock under the lake root: a name, never a path out of it
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", microscope_id):
+        raise lake.InvalidInputError(
+            f"microscope id {microscope_id!r} must be letters, digits, '.', '_' or '-' (it names the run's files)"
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{microscope_id}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def _lock_path(target: lake.Lake, run_id: str) -> Path:
-    return target.settings.local_state_dir / "runs" / f"{run_id}.lock"
-
-
 @contextmanager
 def run_lock(target: lake.Lake, run_id: str) -> Iterator[None]:
-    with lake.liveness_lock(_lock_path(target, run_id)):
+    with target.liveness("runs", run_id):  # a lease on the store when agents share an s3:// lake
         yield
 
 
@@ -82,7 +83,7 @@ def fail_dead_runs(target: lake.Lake) -> list[str]:
     """Mark `running` runs whose agent is gone as failed; what they committed stays readable."""
     runs = target.read("acquisition_runs", columns=["run_id", "status"])
     running = runs.filter(pc.equal(runs["status"], "running"))["run_id"].to_pylist()
-    dead = [r for r in running if not lake.is_held(_lock_path(target, r))]
+    dead = [r for r in running if not target.is_live("runs", r)]
     for run_id in dead:
         n = target.read("frames", columns=["frame_id"], filter=pc.field("run_id") == run_id).num_rows
         finish_run(target, run_id, status="failed", n_frames=n, error="the agent died mid-run (found at next start)")

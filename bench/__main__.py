@@ -12,11 +12,11 @@ import psutil
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import bench_acquire, bench_dagster, bench_ingest, bench_models, bench_serving, bench_sql
+from bench import bench_acquire, bench_dagster, bench_ingest, bench_models, bench_serving, bench_soak, bench_sql
 from bench._common import BENCH_DIR, Config, Result, console, read_results, write_results
 
 MODULES: dict[str, ModuleType] = {
-    m.NAME: m for m in (bench_ingest, bench_sql, bench_acquire, bench_models, bench_serving, bench_dagster)
+    m.NAME: m for m in (bench_ingest, bench_sql, bench_acquire, bench_models, bench_serving, bench_dagster, bench_soak)
 }
 REPORT = BENCH_DIR / "REPORT.md"
 

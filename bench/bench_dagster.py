@@ -244,7 +244,7 @@ def _compare(data: Path, kinds: list[str], cfg: Config, progress: Progress) -> l
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:  # one local Ray for every side, as the demo and the tests start it
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray_start = time.perf_counter() - t0
     walls: dict[str, list[float]] = {side: [] for side in SIDES}
     step_runs: dict[str, list[Timings]] = {side: [] for side in SIDES}

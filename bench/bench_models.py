@@ -337,7 +337,13 @@ def _training(target: Any, cfg: Config, progress: Progress) -> list[Result]:
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
     ray_start = time.perf_counter() - t0
     walls: dict[int, list[float]] = {1: [], 2: []}
     epoch_s: dict[int, list[float]] = {1: [], 2: []}
@@ -511,7 +517,13 @@ def _evaluation(target: Any, cfg: Config, progress: Progress) -> Result:
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
     ray_start = time.perf_counter() - t0
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     try:

@@ -192,8 +192,7 @@ def run_demo(
 
 def _home(target: lake.Lake) -> Path:
     """The demo's own files (report, logs, artifacts): beside a local lake, else `./.cellfarm`."""
-    root = Path(target.root)
-    return root.parent if "://" not in target.root else Path(".cellfarm").resolve()
+    return Path(target.root).parent if target.settings.is_local else Path(".cellfarm").resolve()
 
 
 def _free(port: int) -> int:

@@ -75,7 +75,7 @@ def train_evaluate_promote(
     # one local Ray for every training and evaluation (each would otherwise start and stop its own)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         # control-mean is the gate's bar: trained (a baseline the lab keeps), and scored inside every evaluation
         bar = models.GATE_BASELINE

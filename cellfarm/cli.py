@@ -181,9 +181,17 @@ def print_table(result: pa.Table, fmt: Format = Format.table) -> None:
 def sql(
     query: Annotated[str, typer.Argument(help="SQL over every lake table, e.g. 'select * from datasets'")],
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format")] = Format.table,
+    allow_writes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-writes",
+            help="Also run statements that write or change state (COPY TO, ATTACH, CREATE, SET, INSTALL...) and "
+            "read files outside the lake [default: read-only]",
+        ),
+    ] = False,
 ) -> None:
-    """Run DuckDB SQL over every lake table."""
-    print_table(lake.query(state.lake(), query), format)
+    """Run DuckDB SQL over every lake table (read-only unless --allow-writes)."""
+    print_table(lake.query(state.lake(), query, allow_writes=allow_writes), format)
 
 
 @app.command()

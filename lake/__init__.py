@@ -15,8 +15,9 @@ from lake._errors import (
 from lake._fetch import Source, resolve_source, sha256_file, sha256_files
 from lake._genes import GeneReference, is_ensembl_id, map_var
 from lake._hpa import HpaIngest, ingest_hpa
-from lake._images import ImageSpec, OmeZarrImage, chunk_exists, downsample2
+from lake._images import ImageSpec, OmeZarrImage, chunk_exists, delete_images, downsample2, list_images
 from lake._lake import Lake
+from lake._lease import lease, lease_held
 from lake._lock import is_held, liveness_lock
 from lake._progress import Progress, null_progress
 from lake._recovery import ingest_transaction, recover_lake
@@ -24,6 +25,7 @@ from lake._schemas import TABLES, TableSpec
 from lake._settings import DEFAULT_LAKE, ENV_GENE_REFERENCE, ENV_LAKE, LakeSettings
 from lake._soma import open_census, open_experiment
 from lake._sql import connect, delta_extension_path, query, write_catalog
+from lake._storage import S3Storage, download_dir, filesystem, is_remote, reports_dir, soma_context, upload_dir
 
 __all__ = [
     "DEFAULT_CHUNK_NNZ",
@@ -43,19 +45,27 @@ __all__ = [
     "LakeSettings",
     "OmeZarrImage",
     "Progress",
+    "S3Storage",
     "SchemaMismatchError",
     "Source",
     "TableNotFoundError",
     "TableSpec",
     "chunk_exists",
     "connect",
+    "delete_images",
     "delta_extension_path",
+    "download_dir",
     "downsample2",
+    "filesystem",
     "ingest_atlas",
     "ingest_hpa",
     "ingest_transaction",
     "is_ensembl_id",
     "is_held",
+    "is_remote",
+    "lease",
+    "lease_held",
+    "list_images",
     "liveness_lock",
     "map_var",
     "null_progress",
@@ -63,8 +73,11 @@ __all__ = [
     "open_experiment",
     "query",
     "recover_lake",
+    "reports_dir",
     "resolve_source",
     "sha256_file",
     "sha256_files",
+    "soma_context",
+    "upload_dir",
     "write_catalog",
 ]

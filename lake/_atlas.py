@@ -29,6 +29,7 @@ from lake._obs import PerturbationColumns, cells_table, detect_perturbations
 from lake._progress import Progress, null_progress
 from lake._recovery import ingest_transaction
 from lake._schemas import DATASET_GENES
+from lake._storage import soma_context
 
 __all__ = ["AtlasIngest", "ingest_atlas"]
 
@@ -199,17 +200,18 @@ def _write_soma(
     """Append one dataset to the organism's experiment, every write at one new timestamp."""
     _soma.ensure_census(soma_uri, organism)
     exp_uri = _soma.experiment_uri(soma_uri, organism)
+    ctx = soma_context(soma_uri)
     ts = _soma.next_timestamp(committed)
     n_obs, n_file_vars = matrix.shape
 
     # The committed state: where the obs axis ends, which genes the var axis has registered.
     rna: Any
-    with soma.Experiment.open(exp_uri, "r", tiledb_timestamp=committed) as exp:
+    with soma.Experiment.open(exp_uri, "r", tiledb_timestamp=committed, context=ctx) as exp:
         obs_start = exp.obs.count if committed is not None else 0
         rna = exp.ms[_soma.MEASUREMENT]
         var_old = rna.var.read(column_names=["soma_joinid", "feature_id", "nnz", "n_measured_obs"]).concat()
         var_old = var_old if committed is not None else var_old.slice(0, 0)
-    with soma.DataFrame.open(f"{soma_uri}/census_info/datasets", "r", tiledb_timestamp=committed) as ds:
+    with soma.DataFrame.open(f"{soma_uri}/census_info/datasets", "r", tiledb_timestamp=committed, context=ctx) as ds:
         census_row = ds.count if committed is not None else 0
 
     known = dict(zip(var_old["feature_id"].to_pylist(), var_old["soma_joinid"].to_pylist(), strict=True))
@@ -222,19 +224,19 @@ def _write_soma(
         var_joinids[i] = known[fid]
     n_vars_total = next_id
 
-    with soma.Experiment.open(exp_uri, "w", tiledb_timestamp=ts) as exp:
+    with soma.Experiment.open(exp_uri, "w", tiledb_timestamp=ts, context=ctx) as exp:
         rna = exp.ms[_soma.MEASUREMENT]
         _soma.grow(exp.obs, obs_start + n_obs)
         _soma.grow(rna.var, n_vars_total)
         _soma.grow(rna.X[_soma.LAYER], obs_start + n_obs, n_vars_total)
         _soma.grow(rna[_soma.PRESENCE], census_row + 1, n_vars_total)
-    with soma.DataFrame.open(f"{soma_uri}/census_info/datasets", "w", tiledb_timestamp=ts) as ds:
+    with soma.DataFrame.open(f"{soma_uri}/census_info/datasets", "w", tiledb_timestamp=ts, context=ctx) as ds:
         _soma.grow(ds, census_row + 1)
 
     raw_sum = np.zeros(n_obs, dtype=np.float64)
     row_nnz = np.zeros(n_obs, dtype=np.int64)
     var_nnz = np.zeros(n_file_vars, dtype=np.int64)
-    with soma.Experiment.open(exp_uri, "w", tiledb_timestamp=ts) as exp:
+    with soma.Experiment.open(exp_uri, "w", tiledb_timestamp=ts, context=ctx) as exp:
         rna = exp.ms[_soma.MEASUREMENT]
         x: Any = rna.X[_soma.LAYER]
         for chunk in matrix.iter_chunks(chunk_nnz=chunk_nnz):
@@ -305,7 +307,7 @@ def _write_soma(
                 }
             )
         )
-    with soma.DataFrame.open(f"{soma_uri}/census_info/datasets", "w", tiledb_timestamp=ts) as ds:
+    with soma.DataFrame.open(f"{soma_uri}/census_info/datasets", "w", tiledb_timestamp=ts, context=ctx) as ds:
         ds.write(
             pa.table(
                 {
@@ -334,7 +336,8 @@ def _write_summary(soma_uri: str, ts: int, *, total_cells: int, n_datasets: int)
         ("unique_cell_count", str(total_cells)),
         ("dataset_count", str(n_datasets)),
     ]
-    with soma.DataFrame.open(f"{soma_uri}/census_info/summary", "w", tiledb_timestamp=ts) as summary:
+    ctx = soma_context(soma_uri)
+    with soma.DataFrame.open(f"{soma_uri}/census_info/summary", "w", tiledb_timestamp=ts, context=ctx) as summary:
         summary.write(
             pa.table(
                 {

@@ -1,7 +1,9 @@
 """Delta tables through deltalake: create, append, merge/upsert, time travel, optimize and vacuum.
 
 Functions take the table URI first and options as keywords, like ``deltalake`` itself. Writes retry on a
-commit conflict so that several writers (N microscopes, two ingests) never lose a commit.
+commit conflict so that several writers (N microscopes, two ingests) never lose a commit. ``storage_options``
+default to the store's settings from the environment for an ``s3://`` table (conditional put included, see
+:mod:`lake._storage`), so callers never pass credentials around.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from deltalake.exceptions import TableNotFoundError as _DeltaTableNotFound
 
 from lake._errors import LakeError, SchemaMismatchError, TableNotFoundError
 from lake._schemas import TableSpec
+from lake._storage import delta_options
 
 __all__ = [
     "append",
@@ -47,12 +50,18 @@ def _retry(fn: Callable[[], T], what: str) -> T:
     raise LakeError(f"{what}: gave up after {_RETRIES} commit conflicts")
 
 
+def _opts(uri: str, given: dict[str, str] | None) -> dict[str, str] | None:
+    return given if given is not None else delta_options(uri)
+
+
 def exists(uri: str, *, storage_options: dict[str, str] | None = None) -> bool:
+    storage_options = _opts(uri, storage_options)
     return DeltaTable.is_deltatable(uri, storage_options=storage_options)
 
 
 def create(uri: str, spec: TableSpec, *, storage_options: dict[str, str] | None = None) -> DeltaTable:
     """Create the table with its versioned schema, or open it if it exists (checking the version)."""
+    storage_options = _opts(uri, storage_options)
     if not exists(uri, storage_options=storage_options):
         try:
             DeltaTable.create(
@@ -70,6 +79,7 @@ def create(uri: str, spec: TableSpec, *, storage_options: dict[str, str] | None 
 
 
 def open_table(uri: str, spec: TableSpec | None = None, *, storage_options: dict[str, str] | None = None) -> DeltaTable:
+    storage_options = _opts(uri, storage_options)
     try:
         dt = DeltaTable(uri, storage_options=storage_options)
     except _DeltaTableNotFound:
@@ -115,6 +125,7 @@ def append(
     storage_options: dict[str, str] | None = None,
 ) -> int:
     """Append rows (no key check: use :func:`merge` for idempotent inserts). Returns the new version."""
+    storage_options = _opts(uri, storage_options)
     table = conform(data, spec)
 
     def _commit() -> int:
@@ -135,6 +146,7 @@ def merge(
 ) -> dict[str, Any]:
     """Merge on the key columns: ``insert`` adds only rows whose key is new (idempotent append),
     ``upsert`` also updates rows whose key exists. Returns deltalake's merge metrics."""
+    storage_options = _opts(uri, storage_options)
     table = conform(data, spec)
     on = list(keys or spec.keys)
     if not on:
@@ -155,6 +167,8 @@ def merge(
 def delete(
     uri: str, predicate: str, *, spec: TableSpec, storage_options: dict[str, str] | None = None
 ) -> dict[str, Any]:
+    storage_options = _opts(uri, storage_options)
+
     def _commit() -> dict[str, Any]:
         out: dict[str, Any] = open_table(uri, spec, storage_options=storage_options).delete(predicate)
         return out
@@ -172,6 +186,7 @@ def read(
     storage_options: dict[str, str] | None = None,
 ) -> pa.Table:
     """Read a table, optionally as of a version or a timestamp (time travel)."""
+    storage_options = _opts(uri, storage_options)
     try:
         dt = DeltaTable(uri, version=version, storage_options=storage_options)
     except _DeltaTableNotFound:
@@ -183,6 +198,7 @@ def read(
 
 
 def version(uri: str, *, storage_options: dict[str, str] | None = None) -> int:
+    storage_options = _opts(uri, storage_options)
     v = DeltaTable(uri, storage_options=storage_options).version()
     return int(v)
 
@@ -195,6 +211,7 @@ def optimize(
     storage_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compact small files (the micro-batches of streaming writers) into larger ones."""
+    storage_options = _opts(uri, storage_options)
 
     def _commit() -> dict[str, Any]:
         dt = open_table(uri, spec, storage_options=storage_options)
@@ -210,9 +227,16 @@ def vacuum(
     spec: TableSpec,
     retention_hours: int = 168,
     dry_run: bool = False,
+    full: bool = False,
     storage_options: dict[str, str] | None = None,
 ) -> list[str]:
-    """Delete files no version within ``retention_hours`` needs. Returns the files (to be) removed."""
+    """Delete files no version within ``retention_hours`` needs. Returns the files (to be) removed.
+
+    ``full`` also removes data files the log never referenced (older than the retention): what a writer killed
+    between its data file and its commit leaves behind, which a plain vacuum (since the last checkpoint) misses."""
+    storage_options = _opts(uri, storage_options)
     dt = open_table(uri, spec, storage_options=storage_options)
-    removed: list[str] = dt.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
+    removed: list[str] = dt.vacuum(
+        retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=full
+    )
     return removed

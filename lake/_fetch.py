@@ -9,12 +9,12 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 from lake._errors import InvalidInputError
 from lake._progress import Progress, null_progress
 
-__all__ = ["Source", "resolve_source", "sha256_file", "sha256_files"]
+__all__ = ["Source", "redact_url", "resolve_source", "sha256_file", "sha256_files"]
 
 _BLOCK = 4 << 20
 
@@ -57,6 +57,18 @@ def sha256_files(root: Path, files: Sequence[Path], *, progress: Progress = null
     return h.hexdigest()
 
 
+def redact_url(url: str) -> str:
+    """`url` as it may be shown or stored: without a password (`user:secret@`) or a query (a presigned URL's
+    signature and credential)."""
+    parts = urlsplit(url)
+    if not parts.password and not parts.query:
+        return url
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6
+    netloc = (f"{parts.username}:***@" if parts.password else "") + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+
 def _download(url: str, cache_dir: Path, *, progress: Progress) -> Path:
     name = Path(urlparse(url).path).name or "download"
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -74,10 +86,10 @@ def _download(url: str, cache_dir: Path, *, progress: Progress) -> Path:
                 done += len(block)
                 progress("download", done, total)
         if total is not None and done != total:
-            raise InvalidInputError(f"download of {url} stopped at {done} of {total} bytes")
+            raise InvalidInputError(f"download of {redact_url(url)} stopped at {done} of {total} bytes")
         os.replace(part, dest)  # only a complete download ever has the cache name
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise InvalidInputError(f"cannot download {url}: {getattr(e, 'reason', None) or e}") from None
+        raise InvalidInputError(f"cannot download {redact_url(url)}: {getattr(e, 'reason', None) or e}") from None
     finally:
         part.unlink(missing_ok=True)
     return dest
@@ -88,15 +100,15 @@ def resolve_source(source: str | os.PathLike[str], *, cache_dir: Path, progress:
     text = str(source)
     scheme = urlparse(text).scheme
     if scheme in ("http", "https"):
-        path, uri = _download(text, cache_dir, progress=progress), text
+        path, uri = _download(text, cache_dir, progress=progress), redact_url(text)
     elif scheme == "file":
         path = Path(urlparse(text).path)
         uri = text
     elif len(scheme) > 1:
-        raise InvalidInputError(f"unsupported source URL scheme {scheme!r} in {text}")
+        raise InvalidInputError(f"unsupported source URL scheme {scheme!r} in {redact_url(text)}")
     else:
         path = Path(text).expanduser().resolve()
         uri = str(path)
     if not path.is_file():
-        raise InvalidInputError(f"no such file: {text}")
+        raise InvalidInputError(f"no such file: {redact_url(text)}")
     return Source(path=path, uri=uri, sha256=sha256_file(path, progress=progress), size=path.stat().st_size)

@@ -47,6 +47,16 @@ def _split(value: object) -> list[str]:
     return [v.strip() for v in text.split(";") if v.strip()] if text else []
 
 
+def _cut_short(path: Path, n_columns: int) -> bool:
+    """An interrupted download: the file ends without a newline, in a row with fewer fields than the header."""
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - (1 << 16)))
+        tail = f.read()
+    if not tail or tail.endswith(b"\n"):
+        return False
+    return tail.rsplit(b"\n", 1)[-1].count(b"\t") + 1 < n_columns
+
+
 def parse_subcellular(path: Path, *, dataset_id: str) -> pa.Table:
     """Parse the TSV into rows of the ``hpa_subcellular`` schema."""
     try:
@@ -56,6 +66,8 @@ def parse_subcellular(path: Path, *, dataset_id: str) -> pa.Table:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InvalidInputError(f"{path.name} is missing HPA column(s): {', '.join(missing)}")
+    if _cut_short(path, len(df.columns)):  # pandas reads the partial last row as a row with empty cells
+        raise InvalidInputError(f"{path.name} ends in the middle of a row: truncated (fetch it again)")
     if df.empty:
         raise InvalidInputError(f"{path.name} has no rows")
     bad = df.loc[~df["Gene"].astype(str).map(is_ensembl_id), "Gene"]

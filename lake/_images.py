@@ -8,23 +8,32 @@ was written.
 Chunks are encoded and written here directly rather than through zarr's array API: the bytes are the same (the
 bytes codec, then blosc), but the compressor releases the GIL and no Python event loop runs per plane, so a
 writer thread beside the camera thread costs the camera almost nothing.
+
+An image may live on ``s3://``: zarr opens it through fsspec (s3fs) and planes are put as objects, with the
+store's endpoint and keys from the environment (:mod:`lake._storage`). A local image stays plain file writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec
+from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from lake._errors import InvalidInputError, LakeError
+from lake._storage import filesystem, fsspec_options, is_remote
 
-__all__ = ["ImageSpec", "OmeZarrImage", "chunk_exists", "downsample2"]
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+__all__ = ["ImageSpec", "OmeZarrImage", "chunk_exists", "delete_images", "downsample2", "list_images"]
 
 AXES = ("t", "c", "z", "y", "x")
 # lz4 at level 1: image noise compresses poorly anyway, and the writer must keep up with the camera.
@@ -118,25 +127,47 @@ def _multiscales(spec: ImageSpec) -> dict[str, Any]:
     return {"version": "0.5", "multiscales": [{"name": spec.name, "axes": axes, "datasets": datasets}]}
 
 
-class OmeZarrImage:
-    """A growable OME-Zarr image written plane by plane; `create` then `write_plane`, or `open` to read."""
+def _chunk_key(t: int, c: int, z: int, level: int = 0) -> str:
+    return f"{level}/c/{t}/{c}/{z}/0/0"
 
-    def __init__(self, path: Path, group: zarr.Group) -> None:
-        self.path = path
+
+class OmeZarrImage:
+    """A growable OME-Zarr image written plane by plane; `create` then `write_plane`, or `open` to read.
+
+    `path` is the image's local folder, or its ``s3://`` URI.
+    """
+
+    def __init__(self, path: str | Path, group: zarr.Group) -> None:
+        self.path: str | Path = path
         self._group = group
         self._arrays: list[Any] = [group[str(level)] for level in range(self.levels)]
         self._t_written = -1
         self._resize_lock = threading.Lock()  # planes may be written from several threads
+        # a remote image puts each plane as one object; a local one writes files (the fast path)
+        self._fs: AbstractFileSystem | None = None
+        self._key = ""
+        if isinstance(path, str):
+            self._fs, self._key = filesystem(path)
+
+    @staticmethod
+    def _location(path: str | Path) -> tuple[str | Path, dict[str, Any] | None]:
+        text = str(path)
+        if is_remote(text):
+            return text.rstrip("/"), fsspec_options(text)
+        return Path(text.removeprefix("file://")), None
 
     @classmethod
     def create(cls, path: str | Path, spec: ImageSpec) -> OmeZarrImage:
-        path = Path(path)
-        if path.exists():
-            raise LakeError(f"image already exists: {path}")
+        where, options = cls._location(path)
+        if isinstance(where, Path) and where.exists():
+            raise LakeError(f"image already exists: {where}")
         attrs: dict[str, Any] = {"ome": _multiscales(spec)}
         if spec.channel_names:
             attrs["ome"]["omero"] = {"channels": [{"label": name, "active": True} for name in spec.channel_names]}
-        group = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=attrs)
+        try:
+            group = zarr.open_group(str(where), mode="w-", zarr_format=3, attributes=attrs, storage_options=options)
+        except (ContainsGroupError, ContainsArrayError):  # a remote image that exists
+            raise LakeError(f"image already exists: {where}") from None
         for level in range(spec.levels):
             shape = _level_shape(spec, level)
             group.create_array(
@@ -148,16 +179,16 @@ class OmeZarrImage:
                 fill_value=0,
                 dimension_names=AXES,
             )
-        return cls(path, group)
+        return cls(where, group)
 
     @classmethod
     def open(cls, path: str | Path) -> OmeZarrImage:
-        path = Path(path)
+        where, options = cls._location(path)
         try:
-            group = zarr.open_group(str(path), mode="r+")
+            group = zarr.open_group(str(where), mode="r+", storage_options=options)
         except (FileNotFoundError, ValueError) as exc:
-            raise LakeError(f"not an OME-Zarr image: {path}") from exc
-        return cls(path, group)
+            raise LakeError(f"not an OME-Zarr image: {where}") from exc
+        return cls(where, group)
 
     @property
     def levels(self) -> int:
@@ -188,9 +219,13 @@ class OmeZarrImage:
         for level in range(len(self._arrays)):
             if level:
                 level_plane = binned if level == 1 and binned is not None else downsample2(level_plane)
-            folder = self.path / str(level) / "c" / str(t) / str(c) / str(z) / "0"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "0").write_bytes(_encode(level_plane))
+            data, key = _encode(level_plane), _chunk_key(t, c, z, level)
+            if self._fs is not None:
+                self._fs.pipe_file(f"{self._key}/{key}", data)
+            else:
+                target = Path(self.path) / key
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
         with self._resize_lock:
             self._t_written = max(self._t_written, t)
 
@@ -209,5 +244,28 @@ class OmeZarrImage:
 
 
 def chunk_exists(image_path: str | Path, t: int, c: int, z: int) -> bool:
-    """Whether the level-0 chunk holding plane (t, c, z) is on disk."""
-    return (Path(image_path) / "0" / "c" / str(t) / str(c) / str(z) / "0" / "0").exists()
+    """Whether the level-0 chunk holding plane (t, c, z) is stored."""
+    if is_remote(str(image_path)):
+        fs, key = filesystem(str(image_path))
+        chunk = f"{key}/{_chunk_key(t, c, z)}"
+        fs.invalidate_cache(chunk)  # a listing cached before the plane was put must not hide it
+        return bool(fs.exists(chunk))
+    return (Path(image_path) / _chunk_key(t, c, z)).exists()
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Names of the entries directly under an image folder (e.g. the runs under ``<lake>/images``)."""
+    fs, path = filesystem(str(folder))
+    fs.invalidate_cache(path)
+    try:
+        return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def delete_images(folder: str | Path) -> None:
+    """Remove an image folder (a run's images) and everything in it; a missing one is no error."""
+    fs, path = filesystem(str(folder))
+    fs.invalidate_cache(path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)

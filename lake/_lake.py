@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,8 +15,11 @@ from deltalake import DeltaTable
 
 from lake import _delta
 from lake._errors import LakeNotWritableError
+from lake._lease import lease, lease_held
+from lake._lock import is_held, liveness_lock
 from lake._schemas import TABLES, spec
 from lake._settings import LakeSettings
+from lake._storage import check_reachable, check_writable
 
 __all__ = ["Lake"]
 
@@ -44,6 +48,7 @@ class Lake:
         catalog (empty tables included) from the first command on.
         """
         lake = cls(LakeSettings.resolve(root, gene_reference=gene_reference))
+        check_reachable(lake.root)  # a no-op for a local lake
         if create:
             missing = [s for s in TABLES.values() if not _delta.exists(lake.table_uri(s.name))]
             if missing:  # a read-only lake that has every table still opens for SQL
@@ -61,7 +66,8 @@ class Lake:
 
     def ensure_writable(self) -> None:
         if not self.settings.is_local:
-            return  # object stores report permission errors on the first write
+            check_writable(self.root)  # a missing bucket, a wrong endpoint or no permission: one line
+            return
         root = Path(self.root)
         probe = root / f".write-probe-{uuid.uuid4().hex}"
         try:
@@ -70,6 +76,23 @@ class Lake:
             probe.unlink()
         except OSError as e:
             raise LakeNotWritableError(f"lake path {root} is not writable: {e.strerror or e}") from None
+
+    # -- liveness (a writer that may die: an acquisition run) --------------------------------------------
+    def liveness(self, *name: str) -> AbstractContextManager[None]:
+        """Hold ``name`` (e.g. ``"runs", run_id``) while this process lives and is in the block; others ask
+        :meth:`is_live`. A local lake uses a ``flock`` the kernel drops when the process dies; an ``s3://`` lake,
+        whose writers may be on other machines, a lease object on the store that expires unless renewed.
+        """
+        *folders, last = name
+        if self.settings.is_local:
+            return liveness_lock(self.settings.local_state_dir.joinpath(*folders, f"{last}.lock"))
+        return lease(self.settings.uri("_state", *folders, f"{last}.lease"), timeout_s=0.0)
+
+    def is_live(self, *name: str) -> bool:
+        *folders, last = name
+        if self.settings.is_local:
+            return is_held(self.settings.local_state_dir.joinpath(*folders, f"{last}.lock"))
+        return lease_held(self.settings.uri("_state", *folders, f"{last}.lease"))
 
     # -- tables -------------------------------------------------------------------------------------------
     def table_uri(self, name: str) -> str:
@@ -103,8 +126,10 @@ class Lake:
     def optimize(self, name: str) -> dict[str, Any]:
         return _delta.optimize(self.table_uri(name), spec=spec(name))
 
-    def vacuum(self, name: str, *, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
-        return _delta.vacuum(self.table_uri(name), spec=spec(name), retention_hours=retention_hours, dry_run=dry_run)
+    def vacuum(self, name: str, *, retention_hours: int = 168, dry_run: bool = False, full: bool = False) -> list[str]:
+        return _delta.vacuum(
+            self.table_uri(name), spec=spec(name), retention_hours=retention_hours, dry_run=dry_run, full=full
+        )
 
     # -- the dataset registry (the commit point) ----------------------------------------------------------
     def datasets(self, *, kind: str | None = None) -> pa.Table:

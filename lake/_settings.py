@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
+
+from lake._errors import InvalidInputError
+from lake._storage import is_remote, storage_for
 
 __all__ = ["DEFAULT_LAKE", "ENV_GENE_REFERENCE", "ENV_LAKE", "LakeSettings"]
 
@@ -15,15 +19,12 @@ ENV_LAKE = "CELLFARM_LAKE"
 ENV_GENE_REFERENCE = "CELLFARM_GENE_REFERENCE"
 
 
-def _is_remote(uri: str) -> bool:
-    scheme = urlparse(uri).scheme
-    return len(scheme) > 1 and scheme != "file"  # a one-letter scheme is a Windows drive
-
-
 class LakeSettings(BaseModel):
     """The lake root and the optional gene reference, from arguments or the environment.
 
     A local root is made absolute so that views written into a DuckDB catalog keep working from any folder.
+    A remote root is ``s3://bucket/prefix``; its endpoint and credentials come from the environment
+    (:mod:`lake._storage`), never from here, so settings can be printed and passed to other processes.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -36,16 +37,21 @@ class LakeSettings(BaseModel):
         raw = str(root) if root is not None else os.environ.get(ENV_LAKE) or DEFAULT_LAKE
         if raw.startswith("file://"):
             raw = urlparse(raw).path
-        if not _is_remote(raw):
+        if not is_remote(raw):
             raw = str(Path(raw).expanduser().resolve())
+        else:
+            storage_for(raw)  # an unsupported scheme or a missing bucket fails here, in one line
         ref = gene_reference or os.environ.get(ENV_GENE_REFERENCE) or None
         return cls(root=raw.rstrip("/"), gene_reference=ref)
 
     @property
     def is_local(self) -> bool:
-        return not _is_remote(self.root)
+        return not is_remote(self.root)
 
     def uri(self, *parts: str) -> str:
+        for part in parts:  # names (tables, runs, positions), never a way out of the root
+            if part in ("", ".", "..") or "/" in part or "\\" in part:
+                raise InvalidInputError(f"{part!r} is not a name inside the lake (no '/', '\\', '..')")
         return "/".join([self.root, *parts])
 
     def table_uri(self, table: str) -> str:
@@ -68,7 +74,7 @@ class LakeSettings(BaseModel):
 
     @property
     def local_state_dir(self) -> Path:
-        """Locks and other machine-local state."""
+        """Locks and other machine-local state (one folder per remote lake)."""
         if self.is_local:
             return Path(self.root) / "_state"
-        return self.cache_dir / "state"
+        return self.cache_dir / "state" / hashlib.sha256(self.root.encode()).hexdigest()[:16]

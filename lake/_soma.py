@@ -10,17 +10,18 @@
 Every write of one ingest happens at one TileDB timestamp; readers open at the newest timestamp registered in
 the Delta ``datasets`` table, so a half-written dataset is invisible. :func:`recover` removes what a killed
 writer left beyond that timestamp, so the next writer starts from the committed state.
+
+On ``s3://`` every open passes the TileDB context of the store (endpoint, region, keys from the environment:
+:func:`lake._storage.soma_context`); a local census uses TileDB's default context, as before.
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import tiledbsoma as soma
 
 from lake._errors import LakeError
 from lake._schemas import CELLS
+from lake._storage import filesystem, soma_context
 
 __all__ = [
     "CENSUS_DATASETS_SCHEMA",
@@ -92,20 +94,21 @@ def next_timestamp(committed: int | None) -> int:
 
 def ensure_census(soma_uri: str, organism: str) -> None:
     """Create the collection tree and the organism's experiment when missing (empty, shape 1)."""
-    if not soma.Collection.exists(soma_uri):
+    ctx = soma_context(soma_uri)
+    if not soma.Collection.exists(soma_uri, context=ctx):
         root: soma.Collection[Any]
-        with soma.Collection.create(soma_uri) as root:
+        with soma.Collection.create(soma_uri, context=ctx) as root:
             root.metadata["cellfarm"] = "census"
             with root.add_new_collection("census_info") as info:
                 info.add_new_dataframe("datasets", schema=CENSUS_DATASETS_SCHEMA, domain=[(0, 0)]).close()
                 info.add_new_dataframe("summary", schema=SUMMARY_SCHEMA, domain=[(0, 15)]).close()
             root.add_new_collection("census_data").close()
     exp_uri = experiment_uri(soma_uri, organism)
-    if soma.Experiment.exists(exp_uri):
+    if soma.Experiment.exists(exp_uri, context=ctx):
         return
     data: soma.Collection[Any]
     with (
-        soma.Collection.open(f"{soma_uri}/census_data", "w") as data,
+        soma.Collection.open(f"{soma_uri}/census_data", "w", context=ctx) as data,
         data.add_new_collection(organism_key(organism), soma.Experiment) as exp,
     ):
         exp.metadata["organism"] = organism
@@ -123,19 +126,21 @@ def ensure_census(soma_uri: str, organism: str) -> None:
 @contextmanager
 def open_census(soma_uri: str, *, timestamp: int | None) -> Iterator[soma.Collection[Any]]:
     """The census collection as of ``timestamp`` (the committed one): pass this to ``cellxgene_census``."""
-    if not soma.Collection.exists(soma_uri):
+    ctx = soma_context(soma_uri)
+    if not soma.Collection.exists(soma_uri, context=ctx):
         raise LakeError(f"no SOMA census at {soma_uri} yet: ingest an atlas first")
     c: soma.Collection[Any]
-    with soma.Collection.open(soma_uri, "r", tiledb_timestamp=timestamp) as c:
+    with soma.Collection.open(soma_uri, "r", tiledb_timestamp=timestamp, context=ctx) as c:
         yield c
 
 
 @contextmanager
 def open_experiment(soma_uri: str, organism: str, *, timestamp: int | None) -> Iterator[soma.Experiment]:
     uri = experiment_uri(soma_uri, organism)
-    if not soma.Experiment.exists(uri):
+    ctx = soma_context(soma_uri)
+    if not soma.Experiment.exists(uri, context=ctx):
         raise LakeError(f"no {organism_key(organism)} experiment in the census at {soma_uri}")
-    with soma.Experiment.open(uri, "r", tiledb_timestamp=timestamp) as e:
+    with soma.Experiment.open(uri, "r", tiledb_timestamp=timestamp, context=ctx) as e:
         yield e
 
 
@@ -157,33 +162,43 @@ def recover(soma_uri: str, committed: int | None) -> int:
     """Remove every SOMA entry written after ``committed`` (a killed ingest's leftovers). Returns the count.
 
     Only call this while holding the writer lock: a live writer's entries are also newer than ``committed``.
+    Works on a local folder and on ``s3://`` alike (fsspec): on S3 a folder is only a key prefix, so an object
+    is judged by what its marker folder held before the sweep, not by what is left of it.
     """
-    root = Path(soma_uri)
-    if not root.exists():
+    fs, root = filesystem(soma_uri)
+    fs.invalidate_cache()  # TileDB wrote behind fsspec's back
+    if not fs.exists(root):
         return 0
     if committed is None:
-        shutil.rmtree(root)
+        fs.rm(root, recursive=True)
         return 1
     removed = 0
-    for dirpath, dirnames, filenames in os.walk(root, topdown=True):
-        if Path(dirpath).name not in _TIMESTAMPED_DIRS:
+    markers: dict[str, dict[str, tuple[int, int]]] = {}  # object -> marker folder -> (entries, removed)
+    groups: set[str] = set()
+    for dirpath, dirnames, filenames in fs.walk(root, topdown=True):
+        if "__tiledb_group.tdb" in filenames:
+            groups.add(dirpath)
+        name = posixpath.basename(dirpath)
+        if name not in _TIMESTAMPED_DIRS:
             continue
-        for name in list(dirnames) + filenames:
-            m = _ENTRY.match(name)
-            if m and int(m.group(1)) > committed:
-                target = Path(dirpath) / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        entries = stale = 0
+        for entry in list(dirnames) + filenames:
+            m = _ENTRY.match(entry)
+            if m is None:
+                continue
+            entries += 1
+            if int(m.group(1)) > committed:
+                fs.rm(f"{dirpath}/{entry}", recursive=entry in dirnames)
+                stale += 1
                 removed += 1
-                if name in dirnames:
-                    dirnames.remove(name)
+        dirnames[:] = [d for d in dirnames if not _ENTRY.match(d)]  # a fragment folder holds no entries
+        markers.setdefault(posixpath.dirname(dirpath), {})[name] = (entries, stale)
     # An object created after the commit has no entry left in its schema (arrays) or metadata (groups).
-    for dirpath, _, _ in os.walk(root, topdown=False):
-        path = Path(dirpath)
-        is_array = (path / "__schema").is_dir()
-        marker = path / "__schema" if is_array else path / "__meta"
-        is_object = is_array or (path / "__tiledb_group.tdb").exists()
-        if is_object and marker.is_dir() and not any(_ENTRY.match(p.name) for p in marker.iterdir()):
-            shutil.rmtree(path)
+    for obj in sorted(markers, key=lambda p: p.count("/"), reverse=True):
+        found = markers[obj]
+        marker = found.get("__schema") if "__schema" in found else found.get("__meta") if obj in groups else None
+        if marker is not None and marker[0] == marker[1] and fs.exists(obj):
+            fs.rm(obj, recursive=True)
             removed += 1
     return removed
 

@@ -16,6 +16,8 @@ import pyarrow as pa
 from lake._errors import LakeError
 from lake._lake import Lake
 from lake._schemas import TABLES
+from lake._sql_guard import check_read_only, lock_down, permission_hint
+from lake._storage import configure_duckdb
 
 if TYPE_CHECKING:  # duckdb is imported on first use: ingest processes never pay its ~30 MB
     import duckdb
@@ -84,35 +86,42 @@ def connect(lake: Lake, *, database: str = ":memory:") -> duckdb.DuckDBPyConnect
 
     con = duckdb.connect(database)
     _load_delta(con)
+    configure_duckdb(con, lake.root)  # an s3:// lake: httpfs from its wheel and a secret; nothing when local
     for name, select in catalog_views(lake).items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
     return con
 
 
-_shared: dict[str, duckdb.DuckDBPyConnection] = {}
+_shared: dict[tuple[str, bool], duckdb.DuckDBPyConnection] = {}
 _shared_lock = threading.Lock()
 
 
-def _cursor(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """A cursor on one in-memory database per lake and process: the extension is loaded and the views are
+def _cursor(lake: Lake, *, writes: bool = False) -> duckdb.DuckDBPyConnection:
+    """A cursor on one in-memory database per lake, mode and process: the extension is loaded and the views are
     bound once (about 0.25 s), while every query still reads the newest Delta snapshot."""
     with _shared_lock:
-        con = _shared.get(lake.root)
+        con = _shared.get((lake.root, writes))
         if con is None:
-            con = _shared[lake.root] = connect(lake)
+            con = connect(lake)
+            if not writes:
+                lock_down(con, lake.root)
+            _shared[(lake.root, writes)] = con
         return con.cursor()
 
 
-def query(lake: Lake, sql: str) -> pa.Table:
-    """Run one SQL statement over the lake; errors become one-line :class:`LakeError`s."""
+def query(lake: Lake, sql: str, *, allow_writes: bool = False) -> pa.Table:
+    """Run SQL over the lake; errors become one-line :class:`LakeError`s. Read-only unless `allow_writes`:
+    SELECT (and EXPLAIN) only, and no file outside the lake (see `lake._sql_guard`)."""
     import duckdb
 
-    con = _cursor(lake)
+    con = _cursor(lake, writes=allow_writes)
     try:
+        if not allow_writes:
+            check_read_only(con, sql, root=lake.root)
         rel = con.sql(sql)
         return rel.to_arrow_table() if rel is not None else pa.table({})  # None: a statement with no result
     except duckdb.Error as e:
-        raise LakeError(f"SQL error: {str(e).splitlines()[0]}") from None
+        raise LakeError(f"SQL error: {str(e).splitlines()[0]}{permission_hint(e)}") from None
     finally:
         con.close()
 
@@ -130,6 +139,7 @@ def write_catalog(lake: Lake, path: str | os.PathLike[str]) -> Path:
     con = connect(lake, database=str(tmp))
     try:
         con.execute(f"INSTALL {_lit(str(delta_extension_path()))}")
+        configure_duckdb(con, lake.root, install=True)  # the CLI autoloads httpfs; its user brings a secret
         con.execute("CHECKPOINT")
     finally:
         con.close()

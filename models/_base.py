@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from models._artifacts import write_atomically
+from models._artifacts import local_artifact, write_atomically
 from models._data import PerturbData
 from models._errors import ArtifactError, InvalidTrainingDataError
 from models._features import GeneFeatures
@@ -122,8 +122,9 @@ class PerturbationModel(ABC):
 
 
 def load_model(path: str | os.PathLike[str]) -> PerturbationModel:
-    """Read an artifact folder; any missing, truncated or foreign file is an `ArtifactError`."""
-    folder = Path(path)
+    """Read an artifact folder (or an `s3://` one, through this machine's cached copy); any missing, truncated or
+    foreign file is an `ArtifactError`."""
+    folder = local_artifact(path)
     try:
         meta = json.loads((folder / "model.json").read_text())
         kind = meta["kind"]

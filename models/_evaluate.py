@@ -300,7 +300,7 @@ def _plot(target: lake.Lake, record: ModelRecord, results: dict[str, CellEvalRes
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(f"{record.ref} vs baselines: cell-eval on {len(results[MODEL].perturbations)} held-out perturbations")
     fig.tight_layout()
-    out = Path(target.root) / "reports" / "evaluations" / f"{record.name}-v{record.version}.png"
+    out = lake.reports_dir(target.root) / "evaluations" / f"{record.name}-v{record.version}.png"  # local, even for s3
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

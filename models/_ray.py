@@ -1,10 +1,15 @@
 """Ray: a local cluster started on demand (or `--ray-address` / `RAY_ADDRESS`), and Ray Train for the learned models.
 
 Training is data parallel (`TorchTrainer`, DDP): each worker draws its own mini-batches (seeded by rank) and
-gradients are averaged. Rank 0 reports a checkpoint every epoch under `<lake>/_state/ray/<run>`; Ray Train
+gradients are averaged. Rank 0 reports a checkpoint every epoch under `<storage>/<run>` (`ray_storage`); Ray Train
 (V2) restores a run of the same name and storage from the newest checkpoint in its snapshot, so a killed
 training continues where it stopped: the workers print "resuming from epoch k" and the fit metrics record
 `resumed_from_epoch` (0 for a fresh run).
+
+On a cluster the workers are spread over its nodes (one per node while nodes last); rank 0 prints which node
+each rank ran on and the fit metrics record `worker_nodes`, the number of distinct nodes. Ray Train's storage
+must then be one every node reaches: `CELLFARM_RAY_STORAGE` names a shared path (NFS, EFS, a ReadWriteMany
+volume) mounted at the same place on every node (see `infra/ray/README.md`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ import torch
 
 from models._latent import LatentShift, TrainArrays, fit_epochs
 
-__all__ = ["checkpointed_epoch", "pickled_by_value", "ray_session", "train_latent_on_ray"]
+__all__ = [
+    "ENV_RAY_STORAGE",
+    "checkpointed_epoch",
+    "pickled_by_value",
+    "ray_session",
+    "ray_storage",
+    "train_latent_on_ray",
+]
+
+ENV_RAY_STORAGE = "CELLFARM_RAY_STORAGE"
 
 
 def _resources() -> dict[str, float]:
@@ -40,15 +54,35 @@ def ray_session(address: str | None = None) -> Iterator[dict[str, Any]]:
     if ray.is_initialized():
         yield _resources()
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": True}
-    if address is None:
+    if address == "local":  # explicit: Ray would otherwise join whatever cluster `ray start` last left running
         kwargs["num_cpus"] = os.cpu_count() or 1
     ray.init(address=address, **kwargs)
     try:
         yield _resources()
     finally:
         ray.shutdown()
+
+
+def ray_storage(default: Path) -> Path:
+    """Where Ray Train and Tune keep runs and checkpoints: `CELLFARM_RAY_STORAGE` when set (a multi-node cluster
+    needs a path every node mounts at the same place), else `default` (machine-local: one machine's Ray)."""
+    chosen = os.environ.get(ENV_RAY_STORAGE)
+    return Path(chosen).expanduser() if chosen else default
+
+
+def _worker_nodes() -> list[str]:
+    """The Ray node of every rank, gathered over the process group that Ray Train set up (rank order)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return [node]
+    nodes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return [str(n) for n in nodes]
 
 
 def _load_state(checkpoint: Any) -> dict[str, Any]:
@@ -74,7 +108,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
         start, opt_state, last = int(state["epoch"]), state["optimizer"], dict(state.get("metrics", {}))
         if rank == 0:
             print(f"[cellfarm train] resuming from epoch {start}/{epochs}", file=sys.stderr, flush=True)
-    resumed = {"resumed_from_epoch": float(start)}
+    nodes = _worker_nodes()
+    if rank == 0:
+        where = ", ".join(f"rank {r} on {n[:12]}" for r, n in enumerate(nodes))
+        print(
+            f"[cellfarm train] {len(nodes)} worker(s) on {len(set(nodes))} node(s): {where}",
+            file=sys.stderr,
+            flush=True,
+        )
+    resumed = {"resumed_from_epoch": float(start), "worker_nodes": float(len(set(nodes)))}
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         if rank != 0:  # one checkpoint per epoch is enough: rank 0's (DDP keeps the replicas equal)
@@ -155,7 +197,10 @@ def train_latent_on_ray(
     from ray.train.torch import TorchTrainer
 
     p = model.params
-    cpus = max(int(_resources().get("CPU", 1)), 1)
+    resources = _resources()
+    cpus = max(int(resources.get("CPU", 1)), 1)
+    # a GPU per worker when the cluster has that many (its GPU nodes, not the driver's machine, decide)
+    use_gpu = resources.get("GPU", 0.0) >= workers
     saved = checkpointed_epoch(storage / run_name)
     if saved:
         print(
@@ -174,8 +219,13 @@ def train_latent_on_ray(
             "seed": int(p["seed"]),
             "threads": max(cpus // workers, 1),
         },
+        # SPREAD: on a cluster each worker gets a node of its own while there are nodes (their CPUs and memory
+        # bandwidth, not one node's shared); on one machine it is the same as PACK
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=torch.cuda.is_available(), resources_per_worker={"CPU": 1}
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": 1},
+            placement_strategy="SPREAD",
         ),
         run_config=RunConfig(name=run_name, storage_path=str(storage)),
     )

@@ -1,8 +1,9 @@
 """The model registry: `models` rows (the commit point) and artifact folders under `<lake>/models/<name>/<version>`.
 
-A version exists once its row is committed; the artifact is written (atomically) before that, so a crash in
-between leaves an unregistered folder that the next registration of that version replaces. `NAME`, `NAME:latest`
-and `NAME:VERSION` resolve to a row. Stages: candidate -> production (one per name; the previous one is archived).
+A version exists once its row is committed; the artifact is written (atomically; on a remote lake, uploaded: see
+`models._artifacts`) before that, so a crash in between leaves an unregistered folder that the next registration of
+that version replaces. `NAME`, `NAME:latest` and `NAME:VERSION` resolve to a row. Stages: candidate -> production
+(one per name; the previous one is archived).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal, Protocol
 import pyarrow.compute as pc
 
 import lake
+from models._artifacts import stage_artifact
 from models._base import PerturbationModel, load_model
 from models._errors import ModelNotFoundError
 
@@ -24,7 +26,6 @@ __all__ = [
     "ModelRecord",
     "Registrable",
     "Stage",
-    "artifact_dir",
     "list_models",
     "parse_ref",
     "register",
@@ -67,6 +68,7 @@ class ModelRecord:
         return f"{self.name}:{self.version}"
 
     def load(self) -> PerturbationModel:
+        """The model, from its artifact (on a remote lake: this machine's cached copy, downloaded once)."""
         return load_model(self.artifact_uri)
 
     @classmethod
@@ -104,10 +106,6 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
         raise ModelNotFoundError(f"not a model reference: {ref!r} (expected NAME, NAME:latest or NAME:VERSION)")
     v = m.group("version")
     return m.group("name"), (int(v) if v and v != "latest" else None)
-
-
-def artifact_dir(target: lake.Lake, name: str, version: int) -> Path:
-    return Path(target.root) / "models" / name / str(version)
 
 
 def list_models(target: lake.Lake, name: str | None = None) -> list[ModelRecord]:
@@ -151,21 +149,22 @@ def register(
     for _ in range(20):  # another registration of the same name may take the version first
         existing = list_models(target, name)
         version = (existing[-1].version if existing else 0) + 1
-        folder = model.save(artifact_dir(target, name, version))
-        record = ModelRecord(
-            name=name,
-            version=version,
-            kind=model.kind,
-            params=model.params,
-            trained_on=trained_on,
-            metrics=metrics or {},
-            stage="candidate",
-            artifact_uri=str(folder),
-            created_at=datetime.now(UTC),
-        )
-        out = target.merge("models", [record.to_row()], mode="insert")
-        if int(out.get("num_target_rows_inserted", 0)) == 1:
-            return record
+        with stage_artifact(target, name, version, model.save) as artifact:
+            record = ModelRecord(
+                name=name,
+                version=version,
+                kind=model.kind,
+                params=model.params,
+                trained_on=trained_on,
+                metrics=metrics or {},
+                stage="candidate",
+                artifact_uri=artifact.uri,
+                created_at=datetime.now(UTC),
+            )
+            out = target.merge("models", [record.to_row()], mode="insert")
+            if int(out.get("num_target_rows_inserted", 0)) == 1:
+                artifact.keep()
+                return record
     raise lake.LakeBusyError(f"could not register a version of {name!r}: too many concurrent registrations")
 
 

@@ -17,6 +17,7 @@ from models._base import KINDS, PerturbationModel
 from models._data import Snapshot, load_perturb_data
 from models._errors import InvalidTrainingDataError
 from models._features import build_gene_features
+from models._ray import ray_storage
 from models._registry import ModelRecord, register
 from models._splits import SplitKind, make_split
 
@@ -94,7 +95,7 @@ def train(
             f"{kind} cannot represent held-out perturbation(s) {', '.join(unrepresented)}: no gene features"
         )
     snapshot = data.snapshot.to_dict() if data.snapshot else None
-    storage = target.settings.local_state_dir / "ray"
+    storage = ray_storage(target.settings.local_state_dir / "ray")
     learned_on_ray = model.learned and (workers > 1 or ray_address is not None)
     metrics: dict[str, Any] = {}
     with _ray_if(learned_on_ray or tune, ray_address):

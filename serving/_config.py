@@ -14,12 +14,14 @@ Environment variables (all optional but the token):
 - `CELLFARM_SERVE_TORCH_THREADS`: torch's CPU threads in the server (default: torch's, one per core; on cores shared
   with other busy processes, 1 is often faster).
 - `CELLFARM_FEEDBACK_MAX_LATENCY_MS`: Feedback's adaptive-batching latency budget (250; read at import).
+- `CELLFARM_FEEDBACK_MAX_BATCH`: the most frames Feedback decides in one model call (32; read at import; see
+  infra/bentoml/README.md for sizing it to a farm).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["ENV_TOKEN", "Settings"]
 
@@ -41,7 +43,7 @@ def _num(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Settings:
-    token: str | None
+    token: str | None = field(repr=False)  # never in a log line or a traceback
     lake_root: str | None
     model_name: str | None
     poll_s: float

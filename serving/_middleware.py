@@ -24,7 +24,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Guard", "GuardConfig"]
@@ -44,7 +44,7 @@ RETRY_AFTER_S = 1
 
 @dataclass(frozen=True)
 class GuardConfig:
-    token: str | None
+    token: str | None = field(repr=False)  # never in a log line or a traceback
     groups: dict[str, str]  # API path -> group name
     inflight: dict[str, int]  # group -> requests in flight before shedding
     body_limit: dict[str, int]  # group -> bytes ("" : every other path)

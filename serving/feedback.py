@@ -42,7 +42,7 @@ __all__ = ["FB_ROUTES", "MAX_BATCH", "MAX_LATENCY_MS", "Decisions", "Feedback", 
 
 FB_GROUP = "feedback"
 FB_ROUTES = {"/decide": FB_GROUP, "/decide_json": FB_GROUP}
-MAX_BATCH = 32
+MAX_BATCH = int(os.environ.get("CELLFARM_FEEDBACK_MAX_BATCH", "32"))  # frames per model call; sized per farm
 # The microscope's budget: the local policy revisits a dividing cell every 0.25 s, so a decision later than
 # that is about a frame the microscope has already moved past; better shed it (the agent carries on without
 # feedback for that frame) than answer late. Override with CELLFARM_FEEDBACK_MAX_LATENCY_MS.

@@ -8,10 +8,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import lake
+
+if TYPE_CHECKING:
+    from tests.s3 import S3
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CELLFARM_SHARED_DATA") or ROOT.parent / "shared" / "data")
@@ -48,6 +52,15 @@ def papalexi_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lake.Lak
     lake.ingest_hpa(target, need(HPA))
     yield target
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """moto's S3 on a free port of 127.0.0.1, the bucket `tests.s3.BUCKET`, and the AWS variables pointing at it."""
+    from tests.s3 import moto_s3
+
+    with moto_s3(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 def run_cli(

@@ -74,7 +74,8 @@ def table_maintenance(
     with lake_failures():
         for name in TABLES:
             compacted = target.optimize(name)
-            removed = target.vacuum(name, retention_hours=config.retention_hours)
+            # full: also the files of writers killed before their commit (never in the log, so past any checkpoint)
+            removed = target.vacuum(name, retention_hours=config.retention_hours, full=True)
             rows.append(
                 {
                     "table": name,

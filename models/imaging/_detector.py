@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from models._artifacts import write_atomically
+from models._artifacts import local_artifact, write_atomically
 from models._errors import ArtifactError
 from models.imaging._net import STRIDE, MitosisNet, Normalisation, find_peaks
 
@@ -236,9 +236,10 @@ class ImagingMitosisDetector:
     ) -> ImagingMitosisDetector:
         """Read an artifact written by `save`; `version` overrides the recorded one (e.g. the registry's).
 
+        `path` may be an `s3://` URI (a remote lake's registry): it is read from this machine's cached copy.
         Raises `ArtifactError` (one line) when the directory, a file, or a field is missing or corrupt.
         """
-        root = Path(path)
+        root = local_artifact(path)
         if not root.is_dir():
             raise ArtifactError(f"no mitosis model at {root}: not a directory")
         for name in (_META, _WEIGHTS):

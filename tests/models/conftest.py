@@ -75,39 +75,72 @@ def kill_session(sid: int, *, timeout: float = 30.0) -> int:
 @dataclass(frozen=True)
 class RayHead:
     """A Ray cluster head started with the Ray CLI: pass `address` to `--ray-address` and `env` to the client
-    (the head's own auth token, so no shared ~/.ray/auth_token is read or written)."""
+    (the head's own auth token, so no shared ~/.ray/auth_token is read or written). `nodes`: the temp dirs of
+    the worker nodes joined to it (`ray start --address`), each its own."""
 
     address: str
     temp_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    nodes: tuple[Path, ...] = ()
 
     def driver_logs(self) -> list[Path]:
         """The logs of the drivers (jobs) that ran on this cluster."""
         return sorted({log.resolve() for log in self.temp_dir.glob("session_*/logs/python-core-driver-*.log")})
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[RayHead]:
-    """`ray start --head` in a session of its own, with its own temp dir, ports and token; stopped at the end by
-    killing that session's processes (never `ray stop`, which would stop every Ray of the user)."""
+def _ray_start(args: list[str], env: dict[str, str], sessions: list[int]) -> None:
+    """`ray start ARGS` in a session of its own, recorded in `sessions` (to kill it by) before it can fail."""
+    proc = subprocess.Popen(
+        [str(RAY), "start", *args],
+        start_new_session=True,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    sessions.append(proc.pid)
+    out, _ = proc.communicate(timeout=180)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
+
+
+@contextlib.contextmanager
+def ray_cluster(*, head_cpus: int = 2, node_cpus: tuple[int, ...] = ()) -> Iterator[RayHead]:
+    """`ray start --head`, then one `ray start --address` per entry of `node_cpus`, all on 127.0.0.1, each with its
+    own temp dir and ports, the head's token and no dashboard; stopped at the end by killing their sessions'
+    processes (never `ray stop`, which would stop every Ray of the user)."""
     temp = Path(tempfile.mkdtemp(prefix="cfray-", dir="/tmp"))  # short: Ray's unix sockets live under it
     token = temp / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     port = free_port()
-    cmd = [
-        str(RAY), "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
-        "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp),
-        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    address = f"127.0.0.1:{port}"
+    sessions: list[int] = []
+    nodes: list[Path] = []
     try:
-        out, _ = proc.communicate(timeout=180)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ray start failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
-        yield RayHead(address=f"127.0.0.1:{port}", temp_dir=temp, env=env)
+        head = [
+            "--head", "--num-cpus", str(head_cpus), "--port", str(port), "--node-ip-address", "127.0.0.1",
+            "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(temp),
+            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+        ]  # fmt: skip
+        _ray_start(head, env, sessions)
+        for cpus in node_cpus:
+            nodes.append(Path(tempfile.mkdtemp(prefix="cfnode-", dir="/tmp")))
+            node = [
+                "--address", address, "--num-cpus", str(cpus), "--node-ip-address", "127.0.0.1",
+                "--disable-usage-stats", "--temp-dir", str(nodes[-1]),
+                "--dashboard-agent-listen-port", str(free_port()),
+            ]  # fmt: skip
+            _ray_start(node, env, sessions)
+        yield RayHead(address=address, temp_dir=temp, env=env, nodes=tuple(nodes))
     finally:
-        kill_session(proc.pid)
-        shutil.rmtree(temp, ignore_errors=True)
+        for sid in reversed(sessions):  # the worker nodes first, then the head they report to
+            kill_session(sid)
+        for folder in (temp, *nodes):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    """A 2-CPU Ray head of this module's own (see `ray_cluster`)."""
+    with ray_cluster(head_cpus=2) as head:
+        yield head
