@@ -77,6 +77,23 @@ def gene_reference() -> Path | None:
     return ref if ref is not None and ref.is_file() else None
 
 
+def start_local_ray(num_cpus: int | None = None) -> bool:
+    """A local Ray for a benchmark unless one is up: ``num_cpus`` (default every CPU), no dashboard, the workers'
+    logs kept off the progress display. True when started here (the caller then shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address="local",  # never a cluster some `ray start` left running
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+    )
+    return True
+
+
 def check(ratio: float, target: str) -> bool:
     """Whether ``ratio`` meets a target written as ``">= x"`` or ``"<= x"``."""
     op, value = target.split()

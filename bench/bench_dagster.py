@@ -30,7 +30,17 @@ from typing import Any
 
 from rich.progress import Progress
 
-from bench._common import Config, Result, check, console, gene_reference, median, scratch_dir, shared_data
+from bench._common import (
+    Config,
+    Result,
+    check,
+    console,
+    gene_reference,
+    median,
+    scratch_dir,
+    shared_data,
+    start_local_ray,
+)
 
 NAME = "dagster"
 PEER = "the same steps called directly (lake, models)"
@@ -242,9 +252,7 @@ def _compare(data: Path, kinds: list[str], cfg: Config, progress: Progress) -> l
 
     task = progress.add_task(f"dagster vs direct, {len(kinds)} kinds", total=2 + len(SIDES) * cfg.repeats)
     t0 = time.perf_counter()
-    started = not ray.is_initialized()
-    if started:  # one local Ray for every side, as the demo and the tests start it
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    started = start_local_ray(num_cpus=2)  # one local Ray for every side, as the demo and the tests start it
     ray_start = time.perf_counter() - t0
     walls: dict[str, list[float]] = {side: [] for side in SIDES}
     step_runs: dict[str, list[Timings]] = {side: [] for side in SIDES}

@@ -25,7 +25,18 @@ import numpy as np
 import numpy.typing as npt
 from rich.progress import Progress
 
-from bench._common import WORK, Config, Result, check, console, gene_reference, median, scratch_dir, shared_data
+from bench._common import (
+    WORK,
+    Config,
+    Result,
+    check,
+    console,
+    gene_reference,
+    median,
+    scratch_dir,
+    shared_data,
+    start_local_ray,
+)
 
 NAME = "models"
 LOADER_PEER = "tiledbsoma_ml.ExperimentDataset"
@@ -335,15 +346,7 @@ def _training(target: Any, cfg: Config, progress: Progress) -> list[Result]:
     # Ray is started here, not by models._ray.ray_session, only to keep the workers' per-epoch logs off the
     # progress display (log_to_driver); otherwise the same local cluster: every CPU, no dashboard
     t0 = time.perf_counter()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address="local",
-            num_cpus=os.cpu_count() or 1,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=False,
-        )
+    started = start_local_ray()
     ray_start = time.perf_counter() - t0
     walls: dict[int, list[float]] = {1: [], 2: []}
     epoch_s: dict[int, list[float]] = {1: [], 2: []}
@@ -515,15 +518,7 @@ def _evaluation(target: Any, cfg: Config, progress: Progress) -> Result:
         return time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address="local",
-            num_cpus=os.cpu_count() or 1,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=False,
-        )
+    started = start_local_ray()
     ray_start = time.perf_counter() - t0
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     try:
