@@ -28,9 +28,10 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-# Three workers on 2 cores, a test file per worker at a time (its module fixtures stay shared): most tests wait
-# on servers, Ray and subprocesses (2 workers kept only ~1.2 cores busy), so a third fills the waits.
-PYTEST_ARGS ?= -n 3 --dist loadfile --durations=25
+# Two workers, a test file per worker at a time (its module fixtures stay shared): many tests wait on servers,
+# Ray and subprocesses, so the second core works while the first waits. A third worker gained nothing on 2 cores
+# (pytest 12:59 either way: each test ran 1.5-2x slower).
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
