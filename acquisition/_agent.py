@@ -133,6 +133,7 @@ class Agent:
             light=light,
             light_power=m.light_power(),
             z_planes=z_planes,
+            hold=self.policy is not None,
         )
         loop = FeedbackLoop(self.policy, feed) if self.policy is not None else None
 
@@ -152,8 +153,14 @@ class Agent:
             light_power=m.light_power,
             on_frame=on_frame,
             decisions=feed.drain_applied,
+            # a hardware sequence only sees the feed's stop between events: cancel it now
+            on_error=lambda _exc: runner.cancel(),
             **self._sink_options,
         )
+
+        def on_started(event: useq.MDAEvent) -> None:
+            sink.event_started(event, runner.event_seconds_elapsed())
+
         error: str | None = None
         status: RunStatus = "completed"
         t0 = time.monotonic()
@@ -167,12 +174,14 @@ class Agent:
                 # fast path), as `mda.run(sequence)` would. With a policy, events go one by one so that an
                 # action takes effect on the very next one.
                 events = engine.event_iterator(events)
+            runner.events.eventStarted.connect(on_started)
             runner.run(events, output=cast(Any, sink))  # the sink is a frameReady handler
         except KeyboardInterrupt:
             status, error = "aborted", "interrupted"
         except Exception as exc:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
+            runner.events.eventStarted.disconnect(on_started)
             if loop is not None:
                 loop.close()
             sink.close()

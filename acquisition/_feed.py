@@ -75,8 +75,13 @@ class EventFeed:
         light: tuple[str, str] | None = None,
         light_power: float | None = None,
         z_planes: int = 1,
+        hold: bool = True,
     ) -> None:
         self.plan = plan
+        # Hold each planned event here until it is due, so that feedback arriving meanwhile can go first. Without
+        # feedback the runner waits on `min_start_time` itself, and must: the engine's `event_iterator` (hardware
+        # sequences) reads one event ahead, so holding here would start the event before it one interval late.
+        self._hold = hold
         self._positions = list(plan.stage_positions)
         self._clock = clock  # seconds on the runner's event timer
         self._frames_acquired = frames_acquired
@@ -143,7 +148,7 @@ class EventFeed:
             if nxt is None:
                 return
             # Wait here rather than in the runner, so that actions arriving meanwhile can jump the queue.
-            if plan_due and plan_due > self._clock() and self._wait(plan_due):
+            if self._hold and plan_due and plan_due > self._clock() and self._wait(plan_due):
                 continue
             event, nxt = nxt, next(plan_iter, None)
             yield self._prepare(event, injected=False)

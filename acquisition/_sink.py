@@ -28,6 +28,7 @@ import lake
 from acquisition._feed import AppliedAction, position_key
 from acquisition._policy import FrameView
 from acquisition._qc import frame_qc
+from acquisition._schedule import Schedule
 
 __all__ = ["LakeSink", "SinkStats"]
 
@@ -50,6 +51,7 @@ class SinkStats:
     first_frame_at: float | None = None
     last_frame_at: float | None = None
     closed_at: float | None = None
+    schedule: Schedule = field(default_factory=Schedule)
 
     def summary(self) -> dict[str, Any]:
         span = (self.last_frame_at or 0.0) - (self.first_frame_at or 0.0)
@@ -68,6 +70,7 @@ class SinkStats:
             "backpressure_s": round(self.backpressure_s, 4),
             "backpressure_frames": self.backpressure_frames,
             "writer_busy_s": round(self.writer_busy_s, 3),
+            "schedule": self.schedule.summary(),
         }
 
 
@@ -92,6 +95,7 @@ class LakeSink:
         light_power: Callable[[], float | None] = lambda: None,
         on_frame: Callable[[FrameView], None] | None = None,
         decisions: Callable[[], list[AppliedAction]] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
         flush_frames: int = 64,
         flush_s: float = 1.0,
         min_flush_interval_s: float = 0.5,
@@ -108,6 +112,7 @@ class LakeSink:
         self._light_power = light_power
         self._on_frame = on_frame
         self._decision_source = decisions
+        self._on_error = on_error
         self.flush_frames = flush_frames
         self.flush_s = flush_s
         self.min_flush_interval_s = min_flush_interval_s
@@ -145,6 +150,7 @@ class LakeSink:
         view = self._view(self.stats.n_frames, img, event, meta)
         item = _Item(view, event.metadata.get("position_key") or position_key(dict(event.index)))
         self.stats.n_frames += 1
+        self._on_schedule(event, meta)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -155,6 +161,17 @@ class LakeSink:
         self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
         if self._on_frame is not None:
             self._on_frame(view)
+
+    def _on_schedule(self, event: useq.MDAEvent, meta: dict[str, Any]) -> None:
+        runner_ms = meta.get("runner_time_ms")
+        if isinstance(runner_ms, int | float) and runner_ms >= 0:
+            self.stats.schedule.frame(runner_ms / 1000, injected=bool(event.metadata.get("injected")))
+
+    def event_started(self, event: useq.MDAEvent, at_s: float) -> None:
+        """The runner started `event` at `at_s` on its event clock: how late against the plan (`eventStarted`)."""
+        if self._t_interval_s and event.min_start_time is not None and not event.metadata.get("injected"):
+            # "as fast as possible" plans (no interval) are never late
+            self.stats.schedule.started(at_s, late_ms=1000 * (at_s - event.min_start_time))
 
     def frames_acquired(self) -> int:
         return self.stats.n_frames
@@ -201,6 +218,8 @@ class LakeSink:
             except Exception as exc:  # the agent sees `error` and stops the run
                 log.error("sink failed: %s", exc)
                 self.error = exc
+                if self._on_error is not None:  # e.g. cancel the MDA: frames that cannot be kept need no light
+                    self._on_error(exc)
             self.stats.writer_busy_s += time.monotonic() - t0
             if item is _STOP:
                 break

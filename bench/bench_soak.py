@@ -8,7 +8,11 @@ duration, while this process samples the resident memory of every process of the
 and of the server.
 
 Each figure compares the last window (a minute; 10 s with `--quick`) with the first one, the named peer:
-- frames/s, from the committed `frames` rows' `acquired_at`: target >= 0.9 (the farm keeps its pace);
+- the plan's frames/s (the runs' `schedule` summaries: frames of planned events, apart from those of the events
+  the policy added): target >= 0.9 (the farm keeps its pace); and how late the latest planned event started
+  (report);
+- all frames/s, from the committed `frames` rows' `acquired_at` (report: the policy's revisits follow the
+  sample's divisions, so this rises and falls with the biology, not with the pipeline);
 - resident memory of the farm and the server together: target <= 1.1 (no leak);
 - the decision latency's p99 (report);
 - lost frames: the frames the agents' cameras gave (their runs' summaries) against the `frames` rows and the
@@ -177,6 +181,27 @@ def _windows(frames_at: np.ndarray, decisions: tuple[np.ndarray, np.ndarray], sa
     return Windows(starts, out["fps"], out["rss"], out["farm"], out["server"], out["p99"])
 
 
+@dataclass(frozen=True)
+class Pace:
+    """The plan's pace per window, from the runs' schedules (buckets of each run's own clock, summed over runs)."""
+
+    planned_per_s: list[float]  # frames of the plan's own events
+    injected_per_s: list[float]  # frames of the events the feedback policy added
+    late_max_ms: list[float]  # the latest start of a planned event
+
+
+def _pace(schedules: list[dict[str, Any]], w: float, n: int) -> Pace:
+    planned, injected, late = np.zeros(n), np.zeros(n), np.zeros(n)
+    for sch in schedules:
+        per = max(round(w / sch["bucket_s"]), 1)  # buckets per window
+        for k in range(n):
+            part = slice(k * per, (k + 1) * per)
+            planned[k] += sum(sch["planned"][part])
+            injected[k] += sum(sch["injected"][part])
+            late[k] = max(late[k], max(sch["late_max_ms"][part], default=0.0))
+    return Pace([float(v) for v in planned / w], [float(v) for v in injected / w], [float(v) for v in late])
+
+
 def _accounting(lake_root: Path) -> dict[str, Any]:
     """Frames the agents' cameras gave, `frames` rows, planes on disk (and rows whose plane is missing), per run."""
     import lake
@@ -184,6 +209,7 @@ def _accounting(lake_root: Path) -> dict[str, Any]:
     target = lake.Lake.open(lake_root, create=False)
     runs = lake.query(target, "SELECT run_id, status, n_frames, summary FROM acquisition_runs").to_pylist()
     out: dict[str, Any] = {"runs": {}, "acquired": 0, "rows": 0, "planes": 0, "rows_without_plane": 0}
+    out["schedules"] = []
     for run in runs:
         summary = json.loads(run["summary"] or "{}")
         rows = lake.query(target, f"SELECT t, c, z, image_uri FROM frames WHERE run_id = '{run['run_id']}'").to_pylist()
@@ -201,6 +227,8 @@ def _accounting(lake_root: Path) -> dict[str, Any]:
             "events_skipped": summary.get("events_skipped"),
         }
         out["runs"][run["run_id"]] = per
+        if "schedule" in summary:
+            out["schedules"].append(summary["schedule"])
         for k in ("acquired", "rows", "planes", "rows_without_plane"):
             out[k] += per[k]
     out["lost"] = max(out["acquired"] - out["rows"], 0) + out["rows_without_plane"] + abs(out["planes"] - out["rows"])
@@ -217,7 +245,7 @@ def _series(lake_root: Path) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray],
     return frames, (d["t"].to_numpy(), d["latency_ms"].to_numpy()), served
 
 
-def _plot(win: Windows, samples: Samples, window_s: float, path: Path) -> None:
+def _plot(win: Windows, pace: Pace, samples: Samples, window_s: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,8 +254,10 @@ def _plot(win: Windows, samples: Samples, window_s: float, path: Path) -> None:
     t0 = win.starts[0]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     mid = [(a - t0 + window_s / 2) / 60 for a in win.starts]
-    top.plot(mid, win.frames_per_s, "o-")
+    top.plot(mid, win.frames_per_s, "o-", label="all frames")
+    top.plot(mid, pace.planned_per_s, "s-", label="the plan's frames")
     top.set_ylabel("frames/s (farm)")
+    top.legend(loc="lower right")
     top.set_ylim(bottom=0)
     top.set_title(f"soak: {MICROSCOPES} twin microscopes, remote policy")
     at = (np.asarray(samples.at) - t0) / 60
@@ -271,10 +301,11 @@ def run(cfg: Config, progress: Progress) -> list[Result]:
             raise RuntimeError(f"the farm committed no frame:\n{(work / 'farm.log').read_text()[-3000:]}")
         win = _windows(frames_at, decisions, samples, soak.window_s)
         acct = {**_accounting(lake_root), "farm_exit_status": farm_exit}
+        pace = _pace(acct.pop("schedules"), soak.window_s, len(win.starts))
         counted = {k: sorted(v) for k, v in samples.names.items()}
-        _plot(win, samples, soak.window_s, PLOT)
+        _plot(win, pace, samples, soak.window_s, PLOT)
         progress.advance(task)
-    return _results(soak, win, acct, served, detector, counted)
+    return _results(soak, win, pace, acct, served, detector, counted)
 
 
 def _last_vs_first(what: str, values: list[float], unit: str, target: str, details: dict[str, Any]) -> Result:
@@ -293,7 +324,13 @@ def _last_vs_first(what: str, values: list[float], unit: str, target: str, detai
 
 
 def _results(
-    soak: Soak, win: Windows, acct: dict[str, Any], served: list[str], detector: str, counted: dict[str, list[str]]
+    soak: Soak,
+    win: Windows,
+    pace: Pace,
+    acct: dict[str, Any],
+    served: list[str],
+    detector: str,
+    counted: dict[str, list[str]],
 ) -> list[Result]:
     common = {
         "peer": PEER,
@@ -311,7 +348,21 @@ def _results(
     }
     complete = acct["farm_exit_status"] == 0 and all(r["status"] == "completed" for r in acct["runs"].values())
     return [
-        _last_vs_first("frames/s", win.frames_per_s, "frames/s", ">= 0.9", common),
+        _last_vs_first("planned frames/s (the plan's time points)", pace.planned_per_s, "frames/s", ">= 0.9", common),
+        _last_vs_first(
+            "latest start of a planned event",
+            pace.late_max_ms,
+            "ms",
+            "report",
+            {**common, "why": "how late the runner started the plan's events against their min_start_time"},
+        ),
+        _last_vs_first(
+            "frames/s with the policy's revisits",
+            win.frames_per_s,
+            "frames/s",
+            "report",
+            {**common, "injected_per_s": [round(v, 2) for v in pace.injected_per_s]},
+        ),
         _last_vs_first("resident memory (farm + server)", win.rss_mib, "MiB", "<= 1.1", memory),
         _last_vs_first(
             "decision latency p99", win.p99_ms, "ms", "report", {**common, "served": served, "detector": detector}

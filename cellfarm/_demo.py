@@ -86,7 +86,7 @@ class DemoSize:
             cnn={"n_frames": 64, "epochs": 8, "n_val_frames": 32},
             microscopes=2,
             farm_loops=3,
-            experiment={"seeds": (0,), "config": {"positions": 2, "duration_s": 5.0, "lead_in_s": 1.0}},
+            experiment={"seeds": (0,), "config": {"positions": 2, "duration_s": 3.0, "lead_in_s": 1.0}},
         )
 
 

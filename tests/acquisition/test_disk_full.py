@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,10 @@ def test_disk_full_fails_the_run_and_keeps_the_lake_consistent(
     assert proc.returncode == 1
     assert "No space left on device" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+    # the writer's failure cancelled the camera's hardware sequence: no more frames (or light) for nothing
+    acquired = re.search(r"frames=(\d+)", proc.stdout + proc.stderr)
+    assert acquired is not None, proc.stderr
+    assert int(acquired.group(1)) < 1000
     target = lake.Lake.open(lake_dir, create=False)
     frames = lake.query(target, "SELECT * FROM frames ORDER BY frame_id").to_pylist()
     assert_rows_point_at_planes(frames)  # every committed row's plane is on disk and reads back

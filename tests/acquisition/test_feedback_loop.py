@@ -62,6 +62,13 @@ def test_local_policy_changes_what_is_acquired(runs: tuple[lake.Lake, RunResult,
     injected = local.summary["events_injected"]
     assert injected == sum(json.loads(d["params"])["repeats"] for d in revisits)
     assert local.n_frames == N_PLAN + injected  # one channel: one frame per inserted time point
+    # the schedule tells the plan's frames from the policy's, and both runs kept the plan's pace: every planned
+    # event started well within its interval of 1 s (without a policy, the engine's look-ahead once held the last
+    # position of each time point back by a whole interval)
+    for run, added in ((plain, 0), (local, injected)):
+        schedule = run.summary["schedule"]
+        assert (sum(schedule["planned"]), sum(schedule["injected"])) == (N_PLAN, added)
+        assert 0 < max(schedule["late_max_ms"]) < 500, schedule
     # each revisit added time points to the position it was about, after the decision
     for d in revisits:
         later = lake.query(

@@ -137,10 +137,3 @@ def ray_cluster(*, head_cpus: int = 2, node_cpus: tuple[int, ...] = ()) -> Itera
             kill_session(sid)
         for folder in (temp, *nodes):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[RayHead]:
-    """A 2-CPU Ray head of this module's own (see `ray_cluster`)."""
-    with ray_cluster(head_cpus=2) as head:
-        yield head

@@ -1,7 +1,9 @@
 """Ray on two nodes: a head (`ray start --head`) and a second node (`ray start --address`), one CPU each, on this
 machine. A 2-worker `cellfarm train --ray-address` puts one Ray Train worker on each node and predicts, within a
 stated tolerance, what a single-process fit predicts; `cellfarm evaluate` runs its cell-eval tasks on both nodes.
-The manifests of `infra/ray/` describe such a cluster on Kubernetes and on a cloud."""
+A `--tune` search runs its trials on the cluster, scored on a validation split of the training perturbations, then
+fits the best configuration there. The manifests of `infra/ray/` describe such a cluster on Kubernetes and on a
+cloud."""
 
 from __future__ import annotations
 
@@ -72,6 +74,58 @@ def on_cluster(model_lake: lake.Lake, cluster: RayHead, tmp_path_factory: pytest
     return Trained(proc, storage)
 
 
+@pytest.fixture(scope="module")
+def tuned(model_lake: lake.Lake, cluster: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A `--tune` search of two trials and then a 2-worker fit of the best, both on the cluster."""
+    storage = tmp_path_factory.mktemp("ray-tune-storage")
+    tune = ("--tune", "--tune-trials", "2", "--ray-address", cluster.address)
+    proc = _train(model_lake, "tuned", *tune, CELLFARM_RAY_STORAGE=str(storage), **cluster.env)
+    return Trained(proc, storage)
+
+
+def test_tune_then_fit_on_the_cluster(model_lake: lake.Lake, cluster: RayHead, tuned: Trained) -> None:
+    assert tuned.proc.stdout.strip() == "tuned:1"  # progress goes to stderr, the result to stdout
+    assert f"[cellfarm train] epoch {EPOCHS}/{EPOCHS}" in tuned.proc.stderr
+    rec = resolve(model_lake, "tuned")
+    assert rec.trained_on["ray_address"] == cluster.address  # that cluster's, not a local Ray
+    assert rec.trained_on["workers"] == 2
+    assert rec.metrics["fit"]["epoch"] == EPOCHS
+    assert rec.metrics["fit"]["resumed_from_epoch"] == 0.0
+    pred, fallbacks = rec.load().predict_delta(HOLDOUT)
+    assert pred.shape[0] == len(HOLDOUT)
+    assert np.isfinite(pred).all()
+    assert fallbacks == ["CUL3"]
+
+
+def test_tune_scores_trials_on_a_validation_split(model_lake: lake.Lake, tuned: Trained) -> None:
+    assert f"[cellfarm tune] trial 2/2 epoch {EPOCHS}/{EPOCHS}" in tuned.proc.stderr
+    rec = resolve(model_lake, "tuned")
+    tune = rec.metrics["tune"]
+    trials = tune["trials"]
+    assert len(trials) == 2
+    assert all(np.isfinite(t["pearson_delta"]) and np.isfinite(t["mse_delta"]) for t in trials), trials
+    assert all(t["epochs"] == EPOCHS for t in trials)
+    assert trials[0]["config"] == {"lr": 1e-3, "latent": 32, "hidden": 128}  # the defaults are always a trial
+    best = max(trials, key=lambda t: t["pearson_delta"])
+    assert tune["best"]["config"] == best["config"]
+    assert {k: rec.params[k] for k in ("lr", "latent", "hidden")} == best["config"]  # the final fit used it
+    assert np.isfinite(tune["mean_effect_baseline"]["pearson_delta"])  # the yardstick the trials are read against
+    split = rec.trained_on["split"]
+    validation = set(tune["validation_perturbations"])
+    assert validation
+    assert validation <= set(split["train_perturbations"])
+    assert not validation & set(split["test_perturbations"])
+    assert len(list(tuned.storage.iterdir())) >= 2  # Tune's experiment and the final fit, in the shared storage
+
+    before = model_lake.version("models")
+    bad = run_cli("train", "linear", "--dataset", "papalexi2021", "--tune", lake_dir=Path(model_lake.root))
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "--tune" in bad.stderr
+    assert "baseline" in bad.stderr
+    assert model_lake.version("models") == before
+
+
 def test_train_puts_a_worker_on_each_node(model_lake: lake.Lake, cluster: RayHead, on_cluster: Trained) -> None:
     line = _nodes_line(on_cluster.proc.stderr)
     assert "2 worker(s) on 2 node(s)" in line, line
@@ -121,6 +175,8 @@ def test_evaluate_on_the_cluster(model_lake: lake.Lake, cluster: RayHead, on_clu
     ev = resolve(model_lake, "on-cluster:1").metrics["evaluation"]
     assert ev["perturbations"] == sorted(HOLDOUT)
     assert list(ev["baselines"]) == ["control-mean"]
+    assert ev["fallbacks"] == ["CUL3"]  # reported, not hidden
+    assert isinstance(ev["gate"]["passed"], bool)
     rows = model_lake.read("evaluations", filter=pc.field("name") == "on-cluster")
     assert set(rows["perturbation"].to_pylist()) == set(HOLDOUT)
     assert set(rows["baseline"].to_pylist()) == {"control-mean"}
