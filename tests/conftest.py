@@ -26,6 +26,12 @@ HPA = SHARED / "hpa" / "proteinatlas_subcellular_location.tsv"
 GENE_REF = SHARED / "reference" / "cxg_schema_genes_homo_sapiens.csv.gz"
 CELLFARM = Path(sys.executable).parent / "cellfarm"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two xdist workers on two cores: one compute thread for each test process and for what it
+    # starts (commands, servers), instead of two each taking turns on the same cores. Set before torch loads.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 
 def need(path: Path) -> Path:
     if not path.exists():

@@ -79,6 +79,24 @@ def test_optimize_compacts_and_vacuum_removes_old_files(tmp_lake: lake.Lake) -> 
     assert sorted(tmp_lake.read("frames")["frame_id"].to_pylist()) == list(range(6))
 
 
+def test_streamed_tables_checkpoint_every_ten_commits(tmp_lake: lake.Lake, tmp_path: Path) -> None:
+    uri = tmp_lake.table_uri("frames")
+    assert DeltaTable(uri).metadata().configuration["delta.checkpointInterval"] == _delta.CHECKPOINT_INTERVAL
+    versions = [tmp_lake.append("frames", [{"run_id": "r", "frame_id": i}]) for i in range(12)]
+    assert versions == list(range(1, 13))  # each append returns the version it made
+    assert (Path(uri) / "_delta_log" / "_last_checkpoint").exists()  # a checkpoint at version 10
+    # a table made before the setting (delta's default: every 100 commits) takes it on its next append, once
+    old = str(tmp_path / "old")
+    spec = TABLES["frames"]
+    DeltaTable.create(old, spec.schema, name=spec.name, description=spec.description)
+    assert "delta.checkpointInterval" not in DeltaTable(old).metadata().configuration
+    first = _delta.append(old, [{"run_id": "r", "frame_id": 0}], spec=spec)
+    second = _delta.append(old, [{"run_id": "r", "frame_id": 1}], spec=spec)
+    assert (first, second) == (2, 3)  # 0: created, 1: the setting, then the appends
+    assert DeltaTable(old).metadata().configuration["delta.checkpointInterval"] == _delta.CHECKPOINT_INTERVAL
+    assert DeltaTable(old).to_pyarrow_table().num_rows == 2
+
+
 def test_concurrent_appends_lose_no_commit(tmp_lake: lake.Lake) -> None:
     errors: list[BaseException] = []
 
