@@ -195,6 +195,7 @@ class Agent:
             **sink.stats.summary(),
             "events_injected": feed.n_injected,
             "events_skipped": feed.n_skipped,
+            "revisits_refused": feed.n_refused,
         }
         if isinstance(engine, AutofocusEngine) and engine.results:
             summary["autofocus"] = [r.summary() for r in engine.results]

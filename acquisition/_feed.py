@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ from acquisition._policy import Revisit, SetExposure, SetLightPower, SkipPositio
 
 __all__ = ["AppliedAction", "EventFeed", "position_key"]
 
+log = logging.getLogger(__name__)
 _POLL_S = 0.01
 
 
@@ -76,12 +78,17 @@ class EventFeed:
         light_power: float | None = None,
         z_planes: int = 1,
         hold: bool = True,
+        max_pending: int = 1024,
     ) -> None:
         self.plan = plan
         # Hold each planned event here until it is due, so that feedback arriving meanwhile can go first. Without
         # feedback the runner waits on `min_start_time` itself, and must: the engine's `event_iterator` (hardware
         # sequences) reads one event ahead, so holding here would start the event before it one interval late.
         self._hold = hold
+        # A policy that asks for revisits faster than the camera takes them would grow the queue without end (and
+        # due feedback goes before the plan): past `max_pending` queued events, further revisits are refused.
+        self._max_pending = max_pending
+        self.n_refused = 0
         self._positions = list(plan.stage_positions)
         self._clock = clock  # seconds on the runner's event timer
         self._frames_acquired = frames_acquired
@@ -249,6 +256,11 @@ class EventFeed:
         start = self._clock() + a.delay_s
         offsets = [(k - (a.z_planes - 1) / 2) * a.z_step_um for k in range(a.z_planes)]
         first_z = (self.z_size - a.z_planes) // 2
+        if len(self._injected) + a.repeats * len(channels) * a.z_planes > self._max_pending:
+            if not self.n_refused:
+                log.warning("feedback asks for more than the camera can take: %d events queued", len(self._injected))
+            self.n_refused += 1
+            return
         for r in range(a.repeats):
             tag = f"fb{next(self._seq)}"
             for c, ch in enumerate(channels):

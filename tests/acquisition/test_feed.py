@@ -94,3 +94,18 @@ def test_revisit_with_z_stack_uses_the_image_z_axis() -> None:
     stack = [e for e in it if e.metadata["injected"]]
     assert [e.metadata["store_z"] for e in stack] == [1, 2, 3]
     assert [e.z_pos for e in stack] == [-2.0, 0.0, 2.0]
+
+
+def test_revisits_past_the_pending_bound_are_refused() -> None:
+    feed, frames = _feed(max_pending=5)
+    it = iter(feed)
+    next(it)
+    frames[0] = 1
+    revisit = Revisit(p=0, repeats=2, interval_s=0)
+    feed.submit([revisit] * 4, frame_id=0, latency_ms=1.0, model="m", model_version="1")
+    rest = list(it)
+    # two revisits of two events fit under 5; the third and fourth would not, and are refused, not queued
+    assert sum(e.metadata["injected"] for e in rest) == 4
+    assert feed.n_refused == 2
+    assert feed.n_injected == 4
+    assert len(feed.drain_applied()) == 4  # each decision is still a `decisions` row

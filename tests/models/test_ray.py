@@ -22,7 +22,7 @@ from models._tune import _payload, validation_perturbations
 from tests.conftest import CELLFARM, run_cli
 from tests.models.conftest import HOLDOUT, kill_session, session_processes
 
-EPOCHS = 3
+EPOCHS = 2
 
 
 def _train_args(*extra: str) -> list[str]:
