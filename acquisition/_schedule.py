@@ -9,10 +9,13 @@ double (merging pairs) whenever there would be more than `max_buckets`, so a day
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Schedule"]
+
+T = TypeVar("T", int, float)
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Schedule:
         return k
 
     def _coarsen(self) -> None:
-        def pairs(xs: list[Any], f: Any) -> list[Any]:
+        def pairs(xs: list[T], f: Callable[[list[T]], T]) -> list[T]:
             return [f(xs[i : i + 2]) for i in range(0, len(xs), 2)]
 
         self.planned, self.injected, self.starts = (pairs(xs, sum) for xs in (self.planned, self.injected, self.starts))
