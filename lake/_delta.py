@@ -8,9 +8,11 @@ default to the store's settings from the environment for an ``s3://`` table (con
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ from deltalake.exceptions import TableNotFoundError as _DeltaTableNotFound
 
 from lake._errors import LakeError, SchemaMismatchError, TableNotFoundError
 from lake._schemas import TableSpec
-from lake._storage import delta_options
+from lake._storage import delta_options, is_remote
 
 __all__ = [
     "append",
@@ -45,6 +47,7 @@ T = TypeVar("T")
 CHECKPOINT_INTERVAL = "10"
 _CHECKPOINT_KEY = "delta.checkpointInterval"
 _RETRIES = 20
+_STAGED = re.compile(r"#\d+$")
 
 
 def _retry(fn: Callable[[], T], what: str) -> T:
@@ -244,10 +247,29 @@ def vacuum(
     """Delete files no version within ``retention_hours`` needs. Returns the files (to be) removed.
 
     ``full`` also removes data files the log never referenced (older than the retention): what a writer killed
-    between its data file and its commit leaves behind, which a plain vacuum (since the last checkpoint) misses."""
+    between its data file and its commit leaves behind, which a plain vacuum (since the last checkpoint) misses,
+    and on a local table the half-written uploads (``part-*.parquet#1``) of a writer killed inside its data file,
+    which delta-rs's vacuum never lists."""
     storage_options = _opts(uri, storage_options)
     dt = open_table(uri, spec, storage_options=storage_options)
     removed: list[str] = dt.vacuum(
         retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=full
     )
+    if full and not is_remote(uri):
+        removed += _staged_uploads(uri, retention_hours=retention_hours, dry_run=dry_run)
     return removed
+
+
+def _staged_uploads(uri: str, *, retention_hours: int, dry_run: bool) -> list[str]:
+    """object_store writes a local file to ``NAME#N`` and renames it when done; a kill in between leaves it."""
+    root = Path(uri.removeprefix("file://"))
+    cutoff = time.time() - retention_hours * 3600
+    staged = [
+        p
+        for p in root.rglob("*#*")
+        if _STAGED.search(p.name) and p.is_file() and "_delta_log" not in p.parts and p.stat().st_mtime <= cutoff
+    ]
+    if not dry_run:
+        for p in staged:
+            p.unlink(missing_ok=True)
+    return [p.relative_to(root).as_posix() for p in staged]

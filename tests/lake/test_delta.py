@@ -79,6 +79,23 @@ def test_optimize_compacts_and_vacuum_removes_old_files(tmp_lake: lake.Lake) -> 
     assert sorted(tmp_lake.read("frames")["frame_id"].to_pylist()) == list(range(6))
 
 
+def test_full_vacuum_removes_uploads_a_killed_writer_left_half_written(tmp_lake: lake.Lake) -> None:
+    tmp_lake.append("frames", [{"run_id": "r1", "frame_id": 0}])
+    uri = Path(tmp_lake.table_uri("frames"))
+    kept = {p for p in uri.rglob("*.parquet") if "_delta_log" not in p.parts}
+    # object_store writes `NAME#1` and renames it when whole; a kill in between leaves it where readers never look
+    staged = next(iter(kept)).with_name("part-00000-killed-c000.snappy.parquet#1")
+    staged.write_bytes(b"PAR1 half")
+    assert tmp_lake.vacuum("frames", retention_hours=0) == []  # a plain vacuum does not see it
+    assert staged.exists()
+    assert tmp_lake.vacuum("frames", retention_hours=1, full=True) == []  # younger than the retention: kept
+    listed = tmp_lake.vacuum("frames", retention_hours=0, full=True, dry_run=True)
+    assert listed == [staged.relative_to(uri).as_posix()] and staged.exists()
+    assert tmp_lake.vacuum("frames", retention_hours=0, full=True) == listed
+    assert not staged.exists() and all(p.exists() for p in kept)
+    assert tmp_lake.read("frames")["frame_id"].to_pylist() == [0]
+
+
 def test_streamed_tables_checkpoint_every_ten_commits(tmp_lake: lake.Lake, tmp_path: Path) -> None:
     uri = tmp_lake.table_uri("frames")
     assert DeltaTable(uri).metadata().configuration["delta.checkpointInterval"] == _delta.CHECKPOINT_INTERVAL
