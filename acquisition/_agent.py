@@ -155,6 +155,7 @@ class Agent:
             decisions=feed.drain_applied,
             # a hardware sequence only sees the feed's stop between events: cancel it now
             on_error=lambda _exc: runner.cancel(),
+            frame_nbytes=_frame_nbytes(core),
             **self._sink_options,
         )
 
@@ -225,6 +226,14 @@ class Agent:
                 f"run {run_id} ended {status} but its status could not be saved: {_one_line(exc)}"
             ) from None
         return RunResult(run_id, status, sink.stats.n_committed, error, summary)
+
+
+def _frame_nbytes(core: Any) -> int | None:
+    """The camera's frame size, so that the sink starts its plane workers before the first frame."""
+    try:
+        return int(core.getImageWidth()) * int(core.getImageHeight()) * int(core.getBytesPerPixel())
+    except Exception:  # no camera yet: the sink decides on the first frame
+        return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
 """The streaming sink: frames from the camera thread into OME-Zarr and Delta, without slowing the camera.
 
-The frame callback only stamps the frame and puts it on a bounded queue; a writer thread writes the plane,
-computes its QC and appends `frames` rows in micro-batches. A row is appended only after its plane is on disk,
-so every row points at a chunk that exists. When the writer falls behind and the queue is full, the callback
-waits (no frame is ever dropped) and the wait is measured and reported as backpressure.
+The frame callback only stamps the frame and puts it on a bounded queue; a writer thread hands each plane to the
+plane executor (threads for small frames, worker processes for big ones: :mod:`acquisition._planes`), which
+writes it and computes its QC, and appends `frames` rows in micro-batches. A row is appended only after its
+plane is on disk, so every row points at a chunk that exists. When the writer falls behind and the queue is
+full, the callback waits (no frame is ever dropped) and the wait is measured and reported as backpressure.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +27,9 @@ import useq
 
 import lake
 from acquisition._feed import AppliedAction, position_key
+from acquisition._planes import PlaneExecutor, PlaneMode, plane_executor
 from acquisition._policy import FrameView
-from acquisition._qc import frame_qc
+from acquisition._qc import FrameQC
 from acquisition._schedule import Schedule
 
 __all__ = ["LakeSink", "SinkStats"]
@@ -48,6 +50,7 @@ class SinkStats:
     backpressure_s: float = 0.0
     backpressure_frames: int = 0
     writer_busy_s: float = 0.0
+    planes: str | None = None  # where the plane work ran: threads or processes
     first_frame_at: float | None = None
     last_frame_at: float | None = None
     closed_at: float | None = None
@@ -70,6 +73,7 @@ class SinkStats:
             "backpressure_s": round(self.backpressure_s, 4),
             "backpressure_frames": self.backpressure_frames,
             "writer_busy_s": round(self.writer_busy_s, 3),
+            "planes": self.planes,
             "schedule": self.schedule.summary(),
         }
 
@@ -101,7 +105,9 @@ class LakeSink:
         min_flush_interval_s: float = 0.5,
         max_queue_bytes: int = 512 * 2**20,
         levels: int = 2,
-        writer_threads: int = 2,
+        planes: PlaneMode = "auto",
+        plane_workers: int = 2,
+        frame_nbytes: int | None = None,
     ) -> None:
         self.lake = target
         self.run_id = run_id
@@ -121,16 +127,20 @@ class LakeSink:
         self.stats = SinkStats()
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] | None = None
-        self._images: dict[str, lake.OmeZarrImage] = {}
+        self._images: dict[str, tuple[lake.OmeZarrImage, lake.PlaneWriter]] = {}
         self._rows: list[dict[str, Any]] = []
         self._decisions: list[dict[str, Any]] = []
         self._decisions_lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._writer = threading.Thread(target=self._write_loop, name=f"sink-{run_id}", daemon=True)
-        # Encoding, writing and QC release the GIL, so two planes in flight use both cores on large frames.
-        self._pool = ThreadPoolExecutor(max_workers=max(writer_threads, 1), thread_name_prefix=f"plane-{run_id}")
-        self._inflight: deque[Future[dict[str, Any]]] = deque()
-        self._max_inflight = 2 * max(writer_threads, 1)
+        # two planes in flight per worker: one being written, one waiting, so a worker never idles
+        self._plane_mode: PlaneMode = planes
+        self._plane_workers = max(plane_workers, 1)
+        self._max_inflight = 2 * self._plane_workers
+        self._planes: PlaneExecutor | None = None
+        if frame_nbytes is not None:  # started before the camera's first frame (worker processes take seconds)
+            self._start_planes(frame_nbytes)
+        self._inflight: deque[tuple[_Item, Future[FrameQC]]] = deque()
         self._images_lock = threading.Lock()
         self._channels = [c.config for c in plan.channels]
         t_interval = getattr(plan.time_plan, "interval", None)
@@ -206,13 +216,14 @@ class LakeSink:
             try:
                 if self.error is None:
                     if item is not None and item is not _STOP:
-                        self._inflight.append(self._pool.submit(self._write, item))
+                        self._inflight.append((item, self._submit(item)))
                     # rows are taken in frame order; a plane's row only once the plane is on disk
                     done = item is _STOP
                     while self._inflight and (
-                        done or self._inflight[0].done() or len(self._inflight) >= self._max_inflight
+                        done or self._inflight[0][1].done() or len(self._inflight) >= self._max_inflight
                     ):
-                        self._rows.append(self._inflight.popleft().result())
+                        written, fut = self._inflight.popleft()
+                        self._rows.append(self._row(written, fut.result()))
                         self.stats.n_written += 1
                     self._maybe_flush()
             except Exception as exc:  # the agent sees `error` and stops the run
@@ -224,11 +235,22 @@ class LakeSink:
             if item is _STOP:
                 break
 
-    def _image(self, key: str, plane: np.ndarray) -> lake.OmeZarrImage:
+    def _start_planes(self, frame_nbytes: int) -> PlaneExecutor:
+        self._planes = plane_executor(
+            self._plane_mode,
+            frame_nbytes=frame_nbytes,
+            slots=self._max_inflight,
+            workers=self._plane_workers,
+            name=f"plane-{self.run_id}",
+        )
+        self.stats.planes = self._planes.kind
+        return self._planes
+
+    def _image(self, key: str, plane: np.ndarray) -> tuple[lake.OmeZarrImage, lake.PlaneWriter]:
         with self._images_lock:
             return self._images.get(key) or self._create_image(key, plane)
 
-    def _create_image(self, key: str, plane: np.ndarray) -> lake.OmeZarrImage:
+    def _create_image(self, key: str, plane: np.ndarray) -> tuple[lake.OmeZarrImage, lake.PlaneWriter]:
         y, x = plane.shape[:2]
         spec = lake.ImageSpec(
             t=max(self.plan.sizes.get("t", 0), 1),
@@ -245,14 +267,19 @@ class LakeSink:
             name=f"{self.run_id}/{key}",
         )
         img = lake.OmeZarrImage.create(self.lake.settings.image_uri(self.run_id, key), spec)
-        self._images[key] = img
-        return img
+        self._images[key] = (img, img.planes)
+        return self._images[key]
 
-    def _write(self, item: _Item) -> dict[str, Any]:
+    def _submit(self, item: _Item) -> Future[FrameQC]:
         v = item.view
-        binned = lake.downsample2(v.image)  # level 1 of the pyramid, and the QC's focus input
-        self._image(item.key, v.image).write_plane(v.t, v.c, v.z, v.image, binned=binned)
-        qc = frame_qc(v.image, bit_depth=self.bit_depth, binned=binned)
+        img, writer = self._image(item.key, v.image)
+        img.reserve(v.t, v.image.shape)  # the time axis grows here, in one place; workers only put chunks
+        planes = self._planes or self._start_planes(v.image.nbytes)
+        return planes.submit(writer, v.t, v.c, v.z, v.image, bit_depth=self.bit_depth)
+
+    def _row(self, item: _Item, qc: FrameQC) -> dict[str, Any]:
+        v = item.view
+        self._images[item.key][0].written(v.t)
         return {
             "run_id": self.run_id,
             "frame_id": v.frame_id,
@@ -328,14 +355,15 @@ class LakeSink:
         if self._queue is not None:
             self._queue.put(_STOP)
             self._writer.join()
-        for fut in self._inflight:  # after a writer error: let planes in flight land before trimming
+        for _item, fut in self._inflight:  # after a writer error: let planes in flight land before trimming
             fut.exception()
-        self._pool.shutdown(wait=True)
+        if self._planes is not None:
+            self._planes.close()
         try:  # rows whose planes are on disk are committed even after a writer error
             self._maybe_flush(force=True)
         except Exception as exc:
             self.error = self.error or exc
-        for img in self._images.values():
+        for img, _writer in self._images.values():
             try:
                 img.close()
             except Exception as exc:  # a full disk may refuse the metadata rewrite; the planes stay readable

@@ -15,7 +15,15 @@ from lake._errors import (
 from lake._fetch import Source, resolve_source, sha256_file, sha256_files
 from lake._genes import GeneReference, is_ensembl_id, map_var
 from lake._hpa import HpaIngest, ingest_hpa
-from lake._images import ImageSpec, OmeZarrImage, chunk_exists, delete_images, downsample2, list_images
+from lake._images import (
+    ImageSpec,
+    OmeZarrImage,
+    PlaneWriter,
+    chunk_exists,
+    delete_images,
+    downsample2,
+    list_images,
+)
 from lake._lake import Lake
 from lake._lease import lease, lease_held
 from lake._lock import is_held, liveness_lock
@@ -44,6 +52,7 @@ __all__ = [
     "LakeNotWritableError",
     "LakeSettings",
     "OmeZarrImage",
+    "PlaneWriter",
     "Progress",
     "S3Storage",
     "SchemaMismatchError",
