@@ -21,6 +21,7 @@ from acquisition._plan import check_stage_limits, plan_json
 from acquisition._policy import FeedbackPolicy, FrameView
 from acquisition._runs import RunStatus, fail_dead_runs, finish_run, new_run_id, run_lock, start_run
 from acquisition._sink import LakeSink
+from acquisition._switch import camera_switch_interval
 
 __all__ = ["AcquisitionError", "Agent", "RunResult"]
 
@@ -176,7 +177,8 @@ class Agent:
                 # action takes effect on the very next one.
                 events = engine.event_iterator(events)
             runner.events.eventStarted.connect(on_started)
-            runner.run(events, output=cast(Any, sink))  # the sink is a frameReady handler
+            with camera_switch_interval():
+                runner.run(events, output=cast(Any, sink))  # the sink is a frameReady handler
         except KeyboardInterrupt:
             status, error = "aborted", "interrupted"
         except Exception as exc:

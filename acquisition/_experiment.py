@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pydantic
 import useq
 from pydantic import BaseModel, ConfigDict, Field
@@ -360,15 +359,16 @@ def _time_points(frames: pa.Table) -> pa.Table:
 
 
 def _stored_bytes(image_uris: list[str]) -> int | None:
-    """Bytes on storage under the run's images (compressed planes and their pyramid)."""
+    """Bytes on storage under the run's images (compressed planes and their pyramid); None when unreadable."""
     total = 0
-    try:
-        for uri in image_uris:
-            fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else Path(uri).resolve().as_uri())
-            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-            total += sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
-    except (OSError, pa.ArrowException):
-        return None
+    for uri in image_uris:
+        fs, path = lake.filesystem(uri)  # the lake's own store settings (an s3 endpoint, its keys)
+        try:
+            total += int(fs.du(path, total=True))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
     return total
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -150,7 +151,7 @@ def plane_executor(
         return ThreadPlanes(workers, name=name)
     try:
         return ProcessPlanes(frame_nbytes, slots=slots, workers=workers)
-    except (OSError, AssertionError, ValueError, BrokenProcessPool) as exc:
+    except (OSError, AssertionError, ValueError, RuntimeError, BrokenProcessPool) as exc:
         log.warning("planes stay in this process: worker processes could not start (%s)", exc)
         return ThreadPlanes(workers, name=name)
 
@@ -175,7 +176,7 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
             # mid-lock; the server imports this module once and forks each worker from it
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload([__name__])
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_idle_priority)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_setup)
             # start every worker now, not on the camera's first frames (workers start one per busy submit)
             for fut in [pool.submit(_started) for _ in range(workers)]:
                 fut.result(timeout=120)
@@ -201,7 +202,10 @@ _ATTACHED: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()
 _KEEP_ATTACHED = 2  # the current run's ring, and the one before while its last planes finish
 
 
-def _idle_priority() -> None:
+def _worker_setup() -> None:
+    # Ctrl-C reaches the whole process group: the agent stops its run and drains its planes, so a worker must
+    # finish the planes it was given rather than die with them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The camera's process gets the CPU first; the planes take what is left, and the sink's queue (measured,
     # never dropped) absorbs a busy moment.
     try:

@@ -94,6 +94,7 @@ def _rate(size: int, n: int, repeats: int, progress: Progress, *, realtime: bool
         "backpressure_s_max": max(float(r["backpressure_s"]) for r in runs),
         "queue_high_water_max": max(int(r["queue_high_water"]) for r in runs),
         "writer_busy_s": [r["writer_busy_s"] for r in runs],
+        "planes": sorted({str(r["planes"]) for r in runs}),  # threads, or worker processes (big frames)
     }
     commits = float(worst["commits_per_s"])
     rows_per_s = median([float(r["frames_committed"]) / float(r["wall_s"]) for r in runs])

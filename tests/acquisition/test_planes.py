@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import useq
 import lake
 from acquisition import Agent, RunResult, frame_qc, open_twin
 from acquisition._planes import ProcessPlanes, ThreadPlanes, plane_executor
+from acquisition._switch import CAMERA_SWITCH_INTERVAL_S
 from acquisition.twin import TwinConfig
 from tests.acquisition.conftest import frames_of
 from tests.acquisition.test_agent import assert_rows_point_at_planes
@@ -122,8 +124,10 @@ def test_a_killed_plane_worker_fails_the_run_and_the_next_run_starts_fresh(tmp_l
     deadline = time.monotonic() + 30  # the broken pool's workers exit by themselves
     while killed[0] in {p.pid for p in _workers()} and time.monotonic() < deadline:
         time.sleep(0.1)
-    again = _twin_run(tmp_lake, 12)
+    intervals: list[float] = []
+    again = _twin_run(tmp_lake, 12, on_frame=lambda _frame: intervals.append(sys.getswitchinterval()))
     assert again.status == "completed", again.error
+    assert set(intervals) == {CAMERA_SWITCH_INTERVAL_S}  # the camera's thread waits less for the GIL during a run
     frames = frames_of(tmp_lake, again.run_id).to_pylist()
     assert len(frames) == 12
     assert_rows_point_at_planes(frames)

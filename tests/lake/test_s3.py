@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import useq
 from PIL import Image
 
 import lake
@@ -103,7 +104,10 @@ def test_reingest_is_a_noop(ingested: Ingested) -> None:
 
 
 def test_images_and_a_twin_run_write_ome_zarr_to_s3(s3: S3, ingested: Ingested, tmp_path: Path) -> None:
-    from acquisition import ingest_images
+    from acquisition import Agent, ingest_images, open_twin
+    from acquisition._experiment import _stored_bytes
+    from acquisition.twin import TwinConfig
+    from tests.acquisition.conftest import frames_of
 
     target = lake.Lake.open(ingested.root, create=False)
     imported = ingest_images(target, need(HPA_IMAGE), masks=HPA_MASKS)
@@ -130,6 +134,25 @@ def test_images_and_a_twin_run_write_ome_zarr_to_s3(s3: S3, ingested: Ingested, 
     twin_run = next(r for r in runs if runs[r]["microscope_id"] != "import")
     level0 = [k for k in s3.keys(f"{ingested.prefix}/images/{twin_run}/") if k.split("/")[-7:-5] == ["0", "c"]]
     assert len(level0) == 3  # one object per plane of the three time points
+    # the policy experiment's storage cost reads the bucket through the lake's settings (its endpoint, its keys)
+    twin_images = sorted({f["image_uri"] for f in frames if f["run_id"] == twin_run})
+    assert (_stored_bytes(twin_images) or 0) > 0
+
+    # big frames' planes go through worker processes, which write to the bucket with the settings they are given
+    scope = open_twin(TwinConfig(seed=0, width=64, height=48))
+    try:
+        agent = Agent(target, scope, microscope_id="s3-processes", sink_options={"planes": "processes"})
+        run = agent.run(useq.MDASequence(channels=["GFP"], time_plan={"interval": 0, "loops": 2}))
+    finally:
+        scope.close()
+    assert run.status == "completed", run.error
+    assert run.summary["planes"] == "processes"
+    put = frames_of(target, run.run_id).to_pylist()
+    assert len(put) == 2
+    for f in put:
+        assert f["image_uri"].startswith(f"{ingested.root}/images/{run.run_id}/")
+        plane = lake.OmeZarrImage.open(f["image_uri"]).read_plane(f["t"], f["c"], f["z"])
+        assert float(plane.mean()) == pytest.approx(f["mean"])
 
 
 _WRITER = """
