@@ -35,6 +35,7 @@ __all__ = [
     "ThreadPlanes",
     "plane_executor",
     "store_plane",
+    "worker_pids",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,13 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
                 fut.result(timeout=120)
             _POOL, _POOL_WORKERS = pool, workers
         return _POOL
+
+
+def worker_pids() -> list[int]:
+    """The pids of this process's plane workers, if it started any (diagnostics, tests)."""
+    with _POOL_LOCK:
+        procs = getattr(_POOL, "_processes", None) or {}
+    return sorted(procs)
 
 
 def _forget_if_broken(pool: ProcessPoolExecutor, fut: Future[FrameQC]) -> None:

@@ -90,9 +90,11 @@ def test_full_vacuum_removes_uploads_a_killed_writer_left_half_written(tmp_lake:
     assert staged.exists()
     assert tmp_lake.vacuum("frames", retention_hours=1, full=True) == []  # younger than the retention: kept
     listed = tmp_lake.vacuum("frames", retention_hours=0, full=True, dry_run=True)
-    assert listed == [staged.relative_to(uri).as_posix()] and staged.exists()
+    assert listed == [staged.relative_to(uri).as_posix()]
+    assert staged.exists()
     assert tmp_lake.vacuum("frames", retention_hours=0, full=True) == listed
-    assert not staged.exists() and all(p.exists() for p in kept)
+    assert not staged.exists()
+    assert all(p.exists() for p in kept)
     assert tmp_lake.read("frames")["frame_id"].to_pylist() == [0]
 
 
