@@ -2,10 +2,10 @@
 
 The work for one plane is the pyramid's level 1, every level encoded and written, and the QC numbers: ~20 ms of
 CPU for a 2048x2048 uint16 plane. In threads of the camera's process that work keeps taking the GIL from the
-camera's thread, which runs Python between its numpy calls: the twin's camera ran at 0.83x of its bare frame
-rate. In worker processes at idle priority, fed through shared memory, the kernel gives the camera a core first
-and no lock is shared (`bench/bench_acquire.py`). Small planes stay on threads, where a hop to another process
-would cost more than the plane.
+camera's thread, which runs Python between its numpy calls: the twin's camera ran at 0.79x of its bare frame
+rate (2,000 frames, 2 vCPUs). In worker processes at idle priority, fed through shared memory, the kernel gives
+the camera a core first and no lock is shared: 0.91x (`bench/bench_acquire.py`). Small planes stay on threads,
+where a hop to another process would cost more than the plane.
 """
 
 from __future__ import annotations

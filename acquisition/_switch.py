@@ -2,9 +2,10 @@
 
 A thread that wants the GIL waits for the holder to release it, or for the switch interval (5 ms by default) to
 force a release. The camera's thread runs Python between its numpy calls, so every wait delays a frame, and the
-sink's writer, the plane pool's threads and Delta's commits all take the GIL now and then. A 0.5 ms interval
-while a run is on raised the twin's 2048x2048 frame rate from 0.91x to 0.94x of the bare camera (worker
-processes for the planes; with threads, 0.77x to 0.90x), at the cost of more switches for CPU-bound threads.
+sink's writer, the plane pool's threads and Delta's commits all take the GIL now and then. In alternating runs
+of 300-600 frames, a 0.5-1 ms interval raised the twin's 2048x2048 frame rate from 0.91x to 0.94x of the bare
+camera (worker processes for the planes; with threads, 0.77x to 0.90x), at the cost of more switches for
+CPU-bound threads.
 """
 
 from __future__ import annotations
