@@ -17,10 +17,11 @@ import os
 import signal
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -101,38 +102,35 @@ class ProcessPlanes:
         self, writer: lake.PlaneWriter, t: int, c: int, z: int, plane: np.ndarray, *, bit_depth: int
     ) -> Future[FrameQC]:
         if plane.nbytes > self._slot_bytes:  # bigger than the run's first frame (a changed ROI): pickled instead
-            try:
-                return self._watch(self._pool.submit(store_plane, writer, t, c, z, plane, bit_depth=bit_depth))
-            except BrokenProcessPool:
-                _forget(self._pool)
-                raise
+            return self._submit(None, store_plane, writer, t, c, z, plane, bit_depth=bit_depth)
         with self._cv:
             while not self._free:
                 self._cv.wait()
             slot = self._free.pop()
         offset = slot * self._slot_bytes
         np.ndarray(plane.shape, plane.dtype, buffer=self._shm.buf, offset=offset)[...] = plane
+        args = (self._shm.name, offset, plane.shape, plane.dtype.str, writer, t, c, z, bit_depth)
+        return self._submit(slot, _store_shared, *args)
+
+    def _submit(self, slot: int | None, fn: Callable[..., FrameQC], *args: Any, **kwargs: Any) -> Future[FrameQC]:
         try:
-            fut = self._pool.submit(
-                _store_shared, self._shm.name, offset, plane.shape, plane.dtype.str, writer, t, c, z, bit_depth
-            )
+            fut = self._pool.submit(fn, *args, **kwargs)
         except BaseException as exc:
-            self._release(slot)
+            if slot is not None:
+                self._release(slot)
             if isinstance(exc, BrokenProcessPool):
                 _forget(self._pool)
             raise
-        fut.add_done_callback(lambda _f: self._release(slot))
-        return self._watch(fut)
+        if slot is not None:
+            fut.add_done_callback(lambda _f: self._release(slot))
+        # a worker that died (killed, out of memory) breaks the pool: the next run starts a fresh one
+        fut.add_done_callback(lambda f: _forget_if_broken(self._pool, f))
+        return fut
 
     def _release(self, slot: int) -> None:
         with self._cv:
             self._free.append(slot)
             self._cv.notify()
-
-    def _watch(self, fut: Future[FrameQC]) -> Future[FrameQC]:
-        # a worker that died (killed, out of memory) breaks the pool: the next run starts a fresh one
-        fut.add_done_callback(lambda f: _forget_if_broken(self._pool, f))
-        return fut
 
     def close(self) -> None:
         """Release the shared memory; call once every submitted future is done."""

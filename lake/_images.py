@@ -187,6 +187,8 @@ class OmeZarrImage:
         self._arrays: list[Any] = [group[str(level)] for level in range(self.levels)]
         self._t_written = -1
         self._resize_lock = threading.Lock()  # planes may be written from several threads
+        # a remote image puts each plane as one object; a local one writes files (the fast path)
+        self._planes = PlaneWriter(str(path), levels=len(self._arrays), storage_options=fsspec_options(str(path)))
 
     @staticmethod
     def _location(path: str | Path) -> tuple[str | Path, dict[str, Any] | None]:
@@ -269,8 +271,7 @@ class OmeZarrImage:
     @property
     def planes(self) -> PlaneWriter:
         """What writes this image's chunks; it pickles, so a worker process can write planes too."""
-        # a remote image puts each plane as one object; a local one writes files (the fast path)
-        return PlaneWriter(str(self.path), levels=len(self._arrays), storage_options=fsspec_options(str(self.path)))
+        return self._planes
 
     def read_plane(self, t: int, c: int, z: int, *, level: int = 0) -> np.ndarray:
         out: np.ndarray = np.asarray(self._arrays[level][t, c, z])
