@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade "pip>=24"
 	# torch is installed first and pinned: its CPU build is the one found locally (no CUDA download).
 	$(PY) -m pip install -q --no-compile -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	# compat: the project's folder goes on sys.path (a .pth), so its packages are found as regular packages
+	# before any namespace folder of the same name: Ray puts the driver's working directory on its workers'
+	# sys.path, and a `models/` or `lake/` folder there shadowed ours under setuptools' default import finder.
+	$(PY) -m pip install -q --no-compile -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
 	# pip byte-compiles ~24,000 files one after another (84 s here); compileall on every core: 50 s on 2. A few
 	# files written for newer Pythons (torch's py312 tests) do not compile, under pip neither: not an error.
 	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
@@ -39,7 +42,10 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# mypy (~50 s of one core on a fresh clone) runs beside pytest, whose workers leave a core idle while they wait
+# on servers, Ray and subprocesses; a failure of either fails `make test`.
+test: lint
+	$(MAKE) --no-print-directory -j2 typecheck pytest
 
 ui: setup
 	$(VENV)/bin/cellfarm ui --seed

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,14 +50,26 @@ def tmp_lake(lake_dir: Path) -> lake.Lake:
 
 
 @pytest.fixture(scope="session")
-def papalexi_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lake.Lake]:
-    """One lake with the Papalexi Perturb-seq and the HPA table, shared by read-only tests."""
-    root = tmp_path_factory.mktemp("papalexi") / "lake"
-    target = lake.Lake.open(root, gene_reference=str(need(GENE_REF)))
-    lake.ingest_atlas(target, need(PAPALEXI), name="papalexi2021")
-    lake.ingest_hpa(target, need(HPA))
-    yield target
-    shutil.rmtree(root, ignore_errors=True)
+def papalexi_lake(tmp_path_factory: pytest.TempPathFactory) -> lake.Lake:
+    """One lake with the Papalexi Perturb-seq and the HPA table, shared by read-only tests.
+
+    Built once per `pytest` run: the first xdist worker to get here ingests it under a file lock in the run's
+    shared temp folder, and the other opens it (an ingest is ~15 s of a worker's time on this box).
+    """
+    for path in (PAPALEXI, HPA, GENE_REF):
+        need(path)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "papalexi" / "lake", shared / "papalexi" / "ingested"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with (shared / "papalexi.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        target = lake.Lake.open(root, gene_reference=str(GENE_REF))
+        if not done.exists():
+            lake.ingest_atlas(target, PAPALEXI, name="papalexi2021")
+            lake.ingest_hpa(target, HPA)
+            done.touch()
+    return target
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +82,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 
 
 def run_cli(
-    *args: str, lake_dir: Path | None = None, check: bool = False, **env: str
+    *args: str, lake_dir: Path | None = None, check: bool = False, cwd: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed `cellfarm` console script, as a user would."""
+    """Run the installed `cellfarm` console script, as a user would (from `cwd`, else the tests' own)."""
     full_env = {**os.environ, **env}
     full_env.pop("CELLFARM_LAKE", None)
     cmd = [str(CELLFARM)] + (["--lake", str(lake_dir)] if lake_dir else []) + list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -32,9 +32,13 @@ def trained(model_lake: lake.Lake) -> lake.Lake:
     return model_lake
 
 
-def test_evaluate_writes_metrics_rows_and_plot(trained: lake.Lake) -> None:
+def test_evaluate_writes_metrics_rows_and_plot(trained: lake.Lake, tmp_path: Path) -> None:
     before = trained.version("evaluations")
-    proc = run_cli("evaluate", "perturbation-mean", lake_dir=Path(trained.root), check=True)
+    # run from a folder holding a user's `models/` and `lake/` folders: Ray puts the driver's working directory on
+    # its workers' sys.path, where such folders once shadowed our packages and every Ray task failed to import
+    for name in ("models", "lake"):
+        (tmp_path / name).mkdir()
+    proc = run_cli("evaluate", "perturbation-mean", lake_dir=Path(trained.root), check=True, cwd=tmp_path)
     assert "perturbation-mean:1" in proc.stdout
     assert "DES" in proc.stdout
     assert "gate: perturbation-mean:1 beats control-mean" in " ".join(proc.stderr.split()), proc.stderr
