@@ -136,8 +136,10 @@ def run_child(mode: str, *args: str) -> Measurement:
 
 
 def write_results(name: str, results: list[Result], *, config: Config) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """`bench/results/NAME.json`, or `bench/results/quick/NAME.json` for a `--quick` smoke run."""
+    folder = RESULTS / "quick" if config.quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     payload = {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -147,7 +149,3 @@ def write_results(name: str, results: list[Result], *, config: Config) -> Path:
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
-
-
-def read_results() -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
