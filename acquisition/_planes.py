@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 import lake
-from acquisition._qc import FrameQC, frame_qc
+from acquisition._qc import FrameQC, binned_qc
 
 __all__ = [
     "PROCESS_MIN_BYTES",
@@ -48,9 +48,9 @@ PROCESS_MIN_BYTES = 2 * 2**20
 
 def store_plane(writer: lake.PlaneWriter, t: int, c: int, z: int, plane: np.ndarray, *, bit_depth: int) -> FrameQC:
     """Write a plane at every level of its image and return its QC: the whole per-plane work, wherever it runs."""
-    binned = lake.downsample2(plane)  # level 1 of the pyramid, and the QC's focus input
+    binned, qc = binned_qc(plane, bit_depth=bit_depth)  # level 1 of the pyramid comes with the QC's pass
     writer.write(t, c, z, plane, binned=binned)
-    return frame_qc(plane, bit_depth=bit_depth, binned=binned)
+    return qc
 
 
 class PlaneExecutor(Protocol):

@@ -2,15 +2,20 @@
 
 Peers, in this one process: `core.mda.run(sequence)` on the twin's `UniMMCore` with a bare frame counter
 (pymmcore-plus on its own), against `Agent.run(sequence)` on an identical twin. Rates are taken on the camera
-side, first frame to last, so they say whether the lake slowed the camera. Then four agents at once, one
-process each, into one lake, against one agent alone.
+side, first frame to last, so they say whether the lake slowed the camera. At 2048x2048 two controls, the bare
+camera beside an idle-priority process that computes in cache or streams memory on the other core, measure what
+any work there costs the camera on this machine, whatever the pipeline does. Then four agents at once, one process
+each, into one lake, against one agent alone.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import useq
 from rich.progress import Progress
 
@@ -51,6 +56,41 @@ def _bare(size: int, n: int, realtime: bool) -> float:
     return (n - 1) / (stamps[-1] - stamps[0])
 
 
+SpinKind = Literal["cpu", "memory"]
+SPINS: dict[SpinKind, str] = {
+    "cpu": "a CPU-bound loop (in cache)",
+    "memory": "a memory-streaming loop (8 MiB copies and sums)",
+}
+
+
+def _spin(kind: SpinKind) -> None:
+    """Work at idle priority: any other thread that wants a core preempts it at once, so on a machine whose cores
+    shared nothing it could not slow the camera."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    if kind == "cpu":
+        x = 0
+        while True:
+            x += 1
+    src = np.ones(4 << 20, np.uint16)
+    dst = np.empty_like(src)
+    while True:
+        np.copyto(dst, src)
+        dst.sum()
+
+
+def _bare_beside(kind: SpinKind, size: int, n: int, realtime: bool) -> float:
+    """The bare camera while `_spin(kind)` keeps the other core busy: what such work costs the camera on this
+    machine (host cores, clocks, caches and memory bandwidth shared), however it is scheduled."""
+    spinner = mp.get_context("spawn").Process(target=_spin, args=(kind,), daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.5)  # spawned and spinning
+        return _bare(size, n, realtime)
+    finally:
+        spinner.kill()
+        spinner.join()
+
+
 def _pipeline(size: int, n: int, realtime: bool) -> dict[str, Any]:
     import lake
     from acquisition import Agent
@@ -68,10 +108,16 @@ def _pipeline(size: int, n: int, realtime: bool) -> dict[str, Any]:
     return {**s, "rows_in_delta": rows}
 
 
-def _rate(size: int, n: int, repeats: int, progress: Progress, *, realtime: bool = True) -> list[Result]:
+def _rate(
+    size: int, n: int, repeats: int, progress: Progress, *, realtime: bool = True, controls: bool = False
+) -> list[Result]:
     pace = f"{EXPOSURE_MS:g} ms exposures" if realtime else "unpaced render, stress"
-    task = progress.add_task(f"{size}x{size} x {n} frames, {pace}", total=2 * repeats)
-    bare, piped, runs = [], [], []
+    spins: tuple[SpinKind, ...] = ("cpu", "memory") if controls else ()
+    task = progress.add_task(f"{size}x{size} x {n} frames, {pace}", total=(2 + len(spins)) * repeats)
+    bare: list[float] = []
+    piped: list[float] = []
+    spun: dict[SpinKind, list[float]] = {kind: [] for kind in spins}
+    runs: list[dict[str, Any]] = []
     # a short run of each first: the first MDA in a process is slower (imports, heap growth, page faults),
     # and whichever side went first would pay for it
     _bare(size, min(n, 100), realtime)
@@ -83,6 +129,9 @@ def _rate(size: int, n: int, repeats: int, progress: Progress, *, realtime: bool
         runs.append(run)
         piped.append(float(run["frames_per_s"]))
         progress.advance(task)
+        for kind in spins:
+            spun[kind].append(_bare_beside(kind, size, n, realtime))
+            progress.advance(task)
     ratio = median(piped) / median(bare)
     lost = max(int(r["frames_lost"]) + (n - int(r["rows_in_delta"])) for r in runs)
     worst = max(runs, key=lambda r: float(r["commits_per_s"]))
@@ -98,6 +147,20 @@ def _rate(size: int, n: int, repeats: int, progress: Progress, *, realtime: bool
     }
     commits = float(worst["commits_per_s"])
     rows_per_s = median([float(r["frames_committed"]) / float(r["wall_s"]) for r in runs])
+    machine = [
+        Result(
+            metric=f"what work on the other core costs the bare camera at {size}x{size}: {SPINS[kind]} at idle "
+            "priority, beside vs alone",
+            cellfarm=round(median(spun[kind]), 2),
+            peer=round(median(bare), 2),
+            ratio=round(median(spun[kind]) / median(bare), 3),
+            target="report",
+            met=True,
+            unit="frames/s",
+            details={"peer": "the bare camera alone", "repeats": repeats, "frames": n, "runs": spun[kind]},
+        )
+        for kind in spins
+    ]
     return [
         Result(
             metric=f"frame rate {size}x{size} uint16, {n:,} frames ({pace}), pipeline vs bare",
@@ -119,6 +182,7 @@ def _rate(size: int, n: int, repeats: int, progress: Progress, *, realtime: bool
             unit="commits/s",
             details={"peer": "the budget (2/s)", "rows_per_s": round(rows_per_s, 1), "commits": worst["commits"]},
         ),
+        *machine,
     ]
 
 
@@ -172,7 +236,7 @@ def _farm(n_agents: int, n: int, progress: Progress) -> Result:
 def run(cfg: Config, progress: Progress) -> list[Result]:
     repeats = 1 if cfg.quick else 2
     results = _rate(512, 200 if cfg.quick else 2000, repeats, progress)
-    results += _rate(2048, 50 if cfg.quick else 2000, repeats + 1, progress)
+    results += _rate(2048, 50 if cfg.quick else 2000, repeats + 1, progress, controls=True)
     # the camera as fast as the twin renders: the writer then competes for the same two cores
     results += _rate(512, 200 if cfg.quick else 2000, 1, progress, realtime=False)[:1]
     results.append(_farm(4, 100 if cfg.quick else 500, progress))

@@ -22,6 +22,7 @@ from lake._images import (
     chunk_exists,
     delete_images,
     downsample2,
+    downsample2_blocks,
     list_images,
 )
 from lake._lake import Lake
@@ -65,6 +66,7 @@ __all__ = [
     "delta_extension_path",
     "download_dir",
     "downsample2",
+    "downsample2_blocks",
     "filesystem",
     "ingest_atlas",
     "ingest_hpa",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "chunk_exists",
     "delete_images",
     "downsample2",
+    "downsample2_blocks",
     "list_images",
 ]
 
@@ -89,13 +91,26 @@ class ImageSpec:
 
 def downsample2(plane: np.ndarray) -> np.ndarray:
     """2x2 mean of a plane (odd edges dropped), in the plane's dtype."""
-    h, w = plane.shape[0] // 2 * 2, plane.shape[1] // 2 * 2
+    h, w = plane.shape[0] // 2, plane.shape[1] // 2
     if h == 0 or w == 0:
         return plane
+    out = np.empty((h, w), plane.dtype)
+    for _ in downsample2_blocks(plane, out):
+        pass
+    return out
+
+
+def downsample2_blocks(plane: np.ndarray, out: np.ndarray) -> Iterator[np.ndarray]:
+    """Bin a plane of at least 2x2 pixels into `out` (`downsample2`'s shape and dtype) a block of rows at a time,
+    yielding each block of the plane's rows as soon as it is binned; together the blocks hold every row (an odd last
+    one too), whole. A caller's own pass over a block then finds it in cache, not in memory: the QC of a 2048x2048
+    plane reads it once for the binning, its maximum and its sum, instead of three times."""
+    h, w = plane.shape[0] // 2 * 2, plane.shape[1] // 2 * 2
+    if h == 0 or w == 0 or out.shape != (h // 2, w // 2):
+        raise ValueError(f"cannot bin a {plane.shape} plane into {out.shape}")
     if plane.dtype.kind == "u" and plane.dtype.itemsize <= 2:
         # integer sums (row pairs, then column pairs): several times faster than a float mean over a reshaped
         # view; in blocks of rows, so that the uint32 temporaries stay in cache
-        out = np.empty((h // 2, w // 2), plane.dtype)
         rows = np.empty((_DS_ROWS // 2, w), np.uint32)
         acc = np.empty((_DS_ROWS // 2, w // 2), np.uint32)
         for r0 in range(0, h, _DS_ROWS):
@@ -105,10 +120,13 @@ def downsample2(plane: np.ndarray) -> np.ndarray:
             acc[:n] += 2  # round half up, like the mean would
             acc[:n] >>= 2
             out[r0 // 2 : r0 // 2 + n] = acc[:n]
-        return out
+            yield plane[r0 : r0 + 2 * n]
+        if h < plane.shape[0]:
+            yield plane[h:]
+        return
     blocks = plane[:h, :w].reshape(h // 2, 2, w // 2, 2)
-    mean: np.ndarray = blocks.mean(axis=(1, 3), dtype=np.float32).astype(plane.dtype)
-    return mean
+    out[...] = blocks.mean(axis=(1, 3), dtype=np.float32).astype(plane.dtype)
+    yield plane
 
 
 def _level_shape(spec: ImageSpec, level: int) -> tuple[int, int, int, int, int]:
