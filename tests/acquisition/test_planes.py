@@ -16,7 +16,7 @@ import useq
 
 import lake
 from acquisition import Agent, RunResult, frame_qc, open_twin
-from acquisition._planes import ProcessPlanes, ThreadPlanes, plane_executor, worker_pids
+from acquisition._planes import ProcessPlanes, ThreadPlanes, default_process_workers, plane_executor, worker_pids
 from acquisition._switch import CAMERA_SWITCH_INTERVAL_S
 from acquisition.twin import TwinConfig
 from tests.acquisition.conftest import frames_of
@@ -122,3 +122,12 @@ def test_a_killed_plane_worker_fails_the_run_and_the_next_run_starts_fresh(tmp_l
     assert_rows_point_at_planes(frames)
     assert worker_pids()
     assert killed[0] not in worker_pids()  # a fresh pool
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(None, 1), (1, 1), (2, 1), (3, 2), (16, 2)])
+def test_plane_processes_leave_the_camera_a_core(
+    cores: int | None, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on 2 cores a second worker cost the 2048x2048 twin camera 0.95x -> 0.86x of its bare rate (bench/REPORT.md)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_process_workers() == workers
