@@ -128,6 +128,6 @@ def test_a_killed_plane_worker_fails_the_run_and_the_next_run_starts_fresh(tmp_l
 def test_plane_processes_leave_the_camera_a_core(
     cores: int | None, workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # on 2 cores a second worker cost the 2048x2048 twin camera 0.95x -> 0.86x of its bare rate (bench/REPORT.md)
+    # on 2 cores a second worker cost the 2048x2048 twin camera 0.95x -> 0.86x of its bare rate (see the docstring)
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert default_process_workers() == workers
