@@ -133,11 +133,11 @@ class LakeSink:
         self._decisions_lock = threading.Lock()
         self._last_flush = time.monotonic()
         self._writer = threading.Thread(target=self._write_loop, name=f"sink-{run_id}", daemon=True)
-        # None: the executor's default for its kind (2 threads, or a process per spare core). Four planes in
-        # flight: one being written and one waiting per worker, so a worker never idles
+        # None: the executor's default for its kind (2 threads, or a process per spare core). Two planes in flight
+        # per worker (four by default): one being written, one waiting, so a worker never idles
         self._plane_mode: PlaneMode = planes
         self._plane_workers = max(plane_workers, 1) if plane_workers is not None else None
-        self._max_inflight = 2 * max(self._plane_workers or 2, 2)
+        self._max_inflight = 2 * (self._plane_workers or 2)
         self._planes: PlaneExecutor | None = None
         if frame_nbytes is not None:  # started before the camera's first frame (worker processes take seconds)
             self._start_planes(frame_nbytes)
